@@ -1,0 +1,286 @@
+"""The Qwen3-ASR backend on transformers' native classes. It owns the prompt format and the output
+parsing (DESIGN.md, "The model"): callers hand in audio, context and a language code, and get text,
+a language code and token counts back.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from qasr.engine.base import Job
+from qasr.engine.loading import LoadedModel, load
+from qasr.engine.output import TextAssembler
+from qasr.text.languages import forceable_name
+from qasr.types import SAMPLE_RATE, Delta, EngineRequest, EngineResult
+
+# Strings the tokenizer would turn into control tokens; removed from user context so a caller cannot
+# close the system turn early or inject a fake transcript header.
+_CONTROL_STRINGS = (
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|endoftext|>",
+    "<|audio_start|>",
+    "<|audio_end|>",
+    "<|audio_pad|>",
+    "<asr_text>",
+    "<timestamp>",
+)
+
+
+def sanitize_context(context: str) -> str:
+    """The context without control-token strings (see `_CONTROL_STRINGS`)."""
+    for marker in _CONTROL_STRINGS:
+        context = context.replace(marker, "")
+    return context
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """Bounds on what the model may write."""
+
+    max_new_tokens_cap: int = 1024
+    """Hard cap per clip, whatever its length."""
+    base_new_tokens: int = 16
+    """Budget for the header and short clips."""
+    new_tokens_per_s: float = 10.0
+    """Budget per second of audio: fast speech is about 4-5 tokens/s, so this leaves 2x room."""
+    min_new_tokens: int = 0
+    """Force at least this many tokens (benchmarks with a fixed output length; 0 in service)."""
+    guard_repetition: bool = True
+    """Cut repetition loops (off only for benchmarks that fix the output length)."""
+
+
+class Qwen3ASREngine:
+    """Qwen3-ASR on transformers. Thread-safe: one batch runs at a time."""
+
+    def __init__(self, loaded: LoadedModel, name: str, options: GenerationOptions | None = None) -> None:
+        self.loaded = loaded
+        self.model = loaded.model
+        self.processor = loaded.processor
+        self.tokenizer = loaded.processor.tokenizer
+        self.name = name
+        self.options = options or GenerationOptions()
+        self._lock = threading.Lock()
+        self._end_ids = set(self._eos_ids())
+        self._audio_pad_id = self.tokenizer.convert_tokens_to_ids("<|audio_pad|>")
+
+    @classmethod
+    def load(
+        cls,
+        model: str,
+        device: str = "auto",
+        dtype: str = "auto",
+        quantize: str = "none",
+        threads: int | None = None,
+        options: GenerationOptions | None = None,
+    ) -> Qwen3ASREngine:
+        """Load a checkpoint (see `qasr.engine.loading`) and wrap it."""
+        if threads:
+            torch.set_num_threads(threads)
+        loaded = load(model, device=device, dtype=dtype)
+        if quantize == "int8":
+            from qasr.engine.quantize import quantize_int8
+
+            loaded.model = quantize_int8(loaded.model, loaded.device)
+        return cls(loaded, name=model, options=options)
+
+    # --- prompt ----------------------------------------------------------------------------------
+
+    def prompt(self, context: str = "", language: str | None = None) -> str:
+        """The chat prompt for one clip, with one audio placeholder the processor expands."""
+        context = sanitize_context(context)
+        text = (
+            f"<|im_start|>system\n{context}<|im_end|>\n"
+            "<|im_start|>user\n<|audio_start|><|audio_pad|><|audio_end|><|im_end|>\n"
+            "<|im_start|>assistant\n"
+        )
+        name = forceable_name(language)
+        if name is not None:
+            # Forcing a language: the header is part of the prompt; the model writes only text.
+            text += f"language {name}<asr_text>"
+        return text
+
+    def count_audio_tokens(self, num_samples: int) -> int:
+        """13 tokens per full second (100 mel frames), plus the partial second's share."""
+        frames = max(1, num_samples // self.processor.feature_extractor.hop_length)
+        chunk = 100
+        rem = frames % chunk
+        tokens = (frames // chunk) * 13
+        if rem:
+            after = rem
+            for _ in range(3):
+                after = (after - 1) // 2 + 1
+            tokens += after
+        return tokens
+
+    def count_text_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
+
+    def build_inputs(self, requests: Sequence[EngineRequest]) -> Any:
+        """Tokenized prompts and audio features for a batch (left-padded), on the model's device."""
+        prompts = [self.prompt(r.context, r.language) for r in requests]
+        audio = [np.asarray(r.samples, dtype=np.float32) for r in requests]
+        inputs = self.processor(text=prompts, audio=audio, sampling_rate=SAMPLE_RATE)
+        inputs.pop("num_audio_tokens", None)
+        return inputs.to(self.loaded.device)
+
+    # --- generation --------------------------------------------------------------------------------
+
+    def token_budget(self, num_samples: int) -> int:
+        seconds = num_samples / SAMPLE_RATE
+        budget = self.options.base_new_tokens + math.ceil(seconds * self.options.new_tokens_per_s)
+        return max(self.options.min_new_tokens, min(self.options.max_new_tokens_cap, budget))
+
+    def run(self, jobs: Sequence[Job]) -> list[EngineResult]:
+        if not jobs:
+            return []
+        requests = [job.request for job in jobs]
+        inputs = self.build_inputs(requests)
+        return self.generate(inputs, jobs)
+
+    def generate(self, inputs: Any, jobs: Sequence[Job]) -> list[EngineResult]:
+        """Run generate on prepared inputs; the tracker does all per-row work as tokens arrive."""
+        from transformers import StoppingCriteriaList
+
+        tracker = _RowTracker(self, jobs)
+        budgets = [self.token_budget(len(job.request.samples)) for job in jobs]
+        tracker.budgets = budgets
+        with self._lock, torch.inference_mode():
+            self.model.generate(
+                **inputs,
+                do_sample=False,
+                max_new_tokens=max(budgets),
+                min_new_tokens=self.options.min_new_tokens or None,
+                stopping_criteria=StoppingCriteriaList([tracker]),
+                eos_token_id=sorted(self._end_ids),
+                pad_token_id=self.tokenizer.convert_tokens_to_ids("<|im_end|>"),
+            )
+        return tracker.results(inputs)
+
+    def transcribe(self, requests: Sequence[EngineRequest]) -> list[EngineResult]:
+        return self.run([Job(r) for r in requests])
+
+    def stream(self, request: EngineRequest) -> Iterator[Delta | EngineResult]:
+        """Generate in a helper thread; yield deltas as they come, then the result."""
+        out: queue.Queue[Delta | EngineResult | BaseException] = queue.Queue()
+        stop = threading.Event()
+
+        def work() -> None:
+            try:
+                job = Job(request, on_delta=out.put, cancelled=stop.is_set)
+                out.put(self.run([job])[0])
+            except BaseException as exc:  # handed to the consumer, re-raised there
+                out.put(exc)
+
+        thread = threading.Thread(target=work, name="qasr-stream", daemon=True)
+        thread.start()
+        try:
+            while True:
+                item = out.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if isinstance(item, EngineResult):
+                    return
+        finally:
+            stop.set()
+            thread.join()
+
+    def warmup(self) -> None:
+        """One short generation: the first call after loading is slow (DESIGN.md)."""
+        rng = np.random.default_rng(0)
+        noise = (rng.standard_normal(SAMPLE_RATE) * 0.01).astype(np.float32)
+        self.transcribe([EngineRequest(samples=noise)])
+
+    def _eos_ids(self) -> list[int]:
+        eos = self.model.generation_config.eos_token_id
+        if eos is None:
+            eos = self.model.config.eos_token_id
+        ids = [eos] if isinstance(eos, int) else list(eos or [])
+        ids += [self.tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
+        return sorted({int(i) for i in ids if i is not None})
+
+
+class _RowTracker:
+    """A stopping criterion that is really the per-row output pipeline: called once per step with all
+    ids so far, it feeds each live row's new token to its `TextAssembler`, reports deltas, and ends
+    rows on an end token, a loop, their own token budget, or cancellation."""
+
+    def __init__(self, engine: Qwen3ASREngine, jobs: Sequence[Job]) -> None:
+        self.engine = engine
+        self.jobs = jobs
+        decode = engine.tokenizer.decode
+        self.assemblers = [
+            TextAssembler(
+                lambda ids: decode(ids, skip_special_tokens=True),
+                # Only a language the model can be forced to skips the header; a hint-only code does not.
+                j.request.language if forceable_name(j.request.language) else None,
+            )
+            for j in jobs
+        ]
+        self.done = [False] * len(jobs)
+        self.reasons = ["stop"] * len(jobs)
+        self.budgets = [0] * len(jobs)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
+        last = input_ids[:, -1].tolist()
+        for row, token in enumerate(last):
+            if not self.done[row]:
+                self._step(row, int(token))
+        return torch.tensor(self.done, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
+
+    def _step(self, row: int, token: int) -> None:
+        job, assembler = self.jobs[row], self.assemblers[row]
+        if token in self.engine._end_ids:
+            self._end(row, "stop")
+            return
+        had_language = assembler.language_known
+        piece = assembler.feed(token)
+        self._report(job, piece, assembler, had_language)
+        if job.cancelled is not None and job.cancelled():
+            self._end(row, "cancelled")
+        elif self.engine.options.guard_repetition and assembler.looping():
+            self._end(row, "repetition")
+        elif assembler.output_tokens >= self.budgets[row]:
+            self._end(row, "length")
+
+    def _end(self, row: int, reason: str) -> None:
+        self.done[row] = True
+        self.reasons[row] = reason
+        assembler = self.assemblers[row]
+        had_language = assembler.language_known
+        piece = assembler.finish()
+        self._report(self.jobs[row], piece, assembler, had_language)
+
+    @staticmethod
+    def _report(job: Job, piece: str, assembler: TextAssembler, had_language: bool) -> None:
+        if job.on_delta is None:
+            return
+        if piece or (assembler.language_known and not had_language):
+            job.on_delta(Delta(text=piece, language=assembler.language))
+
+    def results(self, inputs: Any) -> list[EngineResult]:
+        audio_tokens = (inputs["input_ids"] == self.engine._audio_pad_id).sum(dim=1).tolist()
+        out = []
+        for row, (job, assembler) in enumerate(zip(self.jobs, self.assemblers, strict=True)):
+            if not self.done[row]:  # generate stopped at max_new_tokens before our budget said so
+                self._end(row, "length")
+            out.append(
+                EngineResult(
+                    text=assembler.text,
+                    language=assembler.language,
+                    audio_tokens=int(audio_tokens[row]),
+                    context_tokens=self.engine.count_text_tokens(sanitize_context(job.request.context)),
+                    output_tokens=assembler.output_tokens,
+                    finish_reason=self.reasons[row],
+                )
+            )
+        return out

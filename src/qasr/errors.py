@@ -1,0 +1,108 @@
+"""Typed domain errors. No HTTP in here: `qasr.api.errors` maps each class to wire codes in one table.
+
+Every message is written for the user who sent the request: it says what was wrong and what to do.
+"""
+
+from __future__ import annotations
+
+
+class QasrError(Exception):
+    """Base of every error qasr raises on purpose."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+# --- the caller sent something we cannot use (4xx) -------------------------------------------------
+
+
+class InvalidRequest(QasrError):
+    """A malformed or inconsistent request (missing field, wrong type, bad value)."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class UnknownLanguage(InvalidRequest):
+    """A language code that neither the model nor the DashScope API knows."""
+
+
+class AudioError(InvalidRequest):
+    """The audio itself is unusable."""
+
+
+class AudioDecodeError(AudioError):
+    """The data is not audio FFmpeg can read (corrupt, truncated, or another kind of file)."""
+
+
+class NoAudioStream(AudioError):
+    """The container is readable but holds no audio stream (a video-only file, an image)."""
+
+
+class EmptyAudio(AudioError):
+    """The input has no bytes, or decodes to zero samples."""
+
+
+class AudioTooLarge(AudioError):
+    """The input is over the configured byte limit."""
+
+
+class AudioTooLong(AudioError):
+    """The input is over the configured duration limit."""
+
+
+class SourceError(InvalidRequest):
+    """The audio reference cannot be resolved to bytes."""
+
+
+class UnsupportedSource(SourceError):
+    """A URL scheme or reference form we do not read."""
+
+
+class ForbiddenSource(SourceError):
+    """A reference that this server refuses for safety (server-side files, private network hosts)."""
+
+
+class DownloadFailed(SourceError):
+    """An http(s) download failed: bad status, timeout, or connection error."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class UploadNotFound(SourceError):
+    """An `oss://` key that was never uploaded here, has expired, or belongs to another key or model."""
+
+
+class InvalidUploadPolicy(InvalidRequest):
+    """A temporary-upload POST with a forged, expired or mismatched policy."""
+
+
+class ModelNotFound(QasrError):
+    """The request names a model this server does not serve."""
+
+
+class Unauthorized(QasrError):
+    """Missing or wrong API key."""
+
+
+# --- the server cannot serve right now (5xx / 429) -------------------------------------------------
+
+
+class Overloaded(QasrError):
+    """The request queue is full; the caller should retry later."""
+
+
+class EngineUnavailable(QasrError):
+    """The model worker is not running (failed to start, or died)."""
+
+
+class ModelLoadError(QasrError):
+    """The model cannot be loaded; raised at start-up with one sentence that says what to do."""
+
+
+class RequestTimeout(QasrError):
+    """The request took longer than the configured limit."""

@@ -1,0 +1,116 @@
+"""One Settings object for the whole service. Every field can be set as `QASR_<NAME>` in the
+environment or by the matching `qasr` command-line option; defaults live here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from qasr.types import AudioLimits
+
+DEFAULT_MODEL = "Qwen/Qwen3-ASR-0.6B-hf"
+
+
+def _split_list(value: object) -> object:
+    """Accept a JSON list, or a comma-separated string, for list settings given in the environment."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            import json
+
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """qasr configuration. Sizes in bytes, times in seconds or milliseconds as the name says."""
+
+    model_config = SettingsConfigDict(env_prefix="QASR_", extra="ignore")
+
+    # --- model -------------------------------------------------------------------------------------
+    model: str = DEFAULT_MODEL
+    """Local directory, Hugging Face hub id, or `modelscope:<id>`."""
+    device: str = "auto"
+    """`auto` (CUDA when present, else CPU), `cpu`, `cuda`, `cuda:1`, ..."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """`auto`: bf16 on CUDA and on CPUs with AVX512_BF16/AMX, else fp32."""
+    quantize: Literal["none", "int8"] = "none"
+    """`int8`: dynamic int8 quantization of Linear layers (CPU only; speed measured in bench/)."""
+    threads: int | None = None
+    """torch intra-op threads; None keeps torch's default (one per core)."""
+    warmup: bool = True
+    """Run one short generation at start-up so the first request is not slow."""
+    served_model_name: str = "qwen3-asr-flash"
+    """The name `/v1/models` lists; `qwen3-asr-flash*` and the model id are accepted too."""
+
+    # --- batching ----------------------------------------------------------------------------------
+    max_batch_size: int = 8
+    """Most clips decoded together in one model batch."""
+    max_wait_ms: float = 10.0
+    """How long the batcher waits for more requests before running a partial batch."""
+    max_queue: int = 64
+    """Requests waiting for the model beyond this are refused with 429."""
+
+    # --- server ------------------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Accepted `Authorization: Bearer` keys. Empty: no auth, and `serve` binds to loopback only."""
+    public_base_url: str | None = None
+    """Base URL clients reach this server at (behind a proxy), used for upload hosts and result URLs."""
+    incremental_output_default: bool = False
+    """DashScope streams: cumulative text (False, the SDK's view of the cloud) or deltas (True)."""
+    request_timeout_s: float = 600.0
+    """Wall-clock limit for one synchronous request."""
+
+    # --- inputs and limits ---------------------------------------------------------------------------
+    max_audio_bytes: int = 10 * 1024 * 1024
+    """Largest audio input for the synchronous APIs (the cloud's 10 MB)."""
+    max_audio_s: float = 300.0
+    """Longest audio for the synchronous APIs (the cloud's 5 minutes)."""
+    max_body_bytes: int = 16 * 1024 * 1024
+    """Largest HTTP request body (a base64 data URI of `max_audio_bytes` is 4/3 as large)."""
+    download_timeout_s: float = 30.0
+    """Connect + read limit for fetching audio URLs."""
+    allow_local_dirs: Annotated[list[Path], NoDecode] = Field(default_factory=list)
+    """Server-side directories remote callers may name with `file://` or a path (none by default)."""
+    allow_url_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Hosts fetched even though they resolve to private, loopback or link-local addresses."""
+    url_map: dict[str, str] = Field(default_factory=dict)
+    """URL prefix -> local directory or other URL (air-gapped mirrors), e.g. `{"https://x/": "/srv/m/"}`."""
+
+    # --- temporary uploads (the SDK's local-file flow) ----------------------------------------------
+    upload_dir: Path | None = None
+    """Where uploaded files are kept; None: a private temporary directory removed at shutdown."""
+    upload_ttl_s: float = 48 * 3600.0
+    """How long an uploaded file stays usable (the cloud keeps them 48 hours)."""
+    upload_max_bytes: int = 100 * 1024 * 1024
+    """Largest accepted upload (the policy's `max_file_size_mb`)."""
+    upload_policy_ttl_s: float = 300.0
+    """How long an upload policy may be used after it is issued."""
+    upload_secret: str | None = None
+    """Key that signs upload policies; None: a random key per process."""
+
+    # --- long audio --------------------------------------------------------------------------------
+    segment_max_s: float = 30.0
+    """Longest segment sent to the model; long audio is cut at pauses into segments up to this."""
+
+    @field_validator("api_keys", "allow_url_hosts", mode="before")
+    @classmethod
+    def _lists(cls, value: object) -> object:
+        return _split_list(value)
+
+    @field_validator("allow_local_dirs", mode="before")
+    @classmethod
+    def _dirs(cls, value: object) -> object:
+        return _split_list(value)
+
+    @property
+    def sync_limits(self) -> AudioLimits:
+        """The limits the synchronous HTTP APIs apply to one input."""
+        return AudioLimits(max_bytes=self.max_audio_bytes, max_duration_s=self.max_audio_s)

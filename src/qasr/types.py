@@ -1,0 +1,133 @@
+"""Frozen domain types shared by the pipeline, the engine and the API dialects.
+
+Times are in seconds (`_s`), sizes in bytes, audio is 16 kHz mono float32 in [-1, 1].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+SAMPLE_RATE = 16_000
+"""The model's sample rate; every decoded `Audio` is at this rate."""
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """What the decoder learned about the input before resampling."""
+
+    duration_s: float
+    """Duration of the decoded audio (after any trimming by limits)."""
+    container: str
+    """FFmpeg's container (demuxer) name, e.g. `mp3`, `mov,mp4,m4a,3gp,3g2,mj2`, `wav`."""
+    codec: str
+    """FFmpeg's codec name of the audio stream, e.g. `mp3`, `aac`, `pcm_s16le`, `opus`."""
+    sample_rate: int
+    """Sample rate of the original audio stream in Hz."""
+    channels: int
+    """Channel count of the original audio stream."""
+
+
+@dataclass(frozen=True, eq=False)
+class Audio:
+    """Decoded audio: 16 kHz mono float32 samples plus what we know about the original."""
+
+    samples: np.ndarray
+    info: AudioInfo
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.samples) / SAMPLE_RATE
+
+
+@dataclass(frozen=True)
+class AudioLimits:
+    """Limits enforced while reading and decoding. `None` means no limit (library and CLI use)."""
+
+    max_bytes: int | None = None
+    """Largest accepted encoded input (upload, download, file or data URI) in bytes."""
+    max_duration_s: float | None = None
+    """Longest accepted audio; decoding stops as soon as this is passed."""
+
+
+@dataclass(frozen=True)
+class TranscribeOptions:
+    """What a caller asks of one transcription, whatever API it came through."""
+
+    language: str | None = None
+    """DashScope language code to force (`zh`, `en`, ...), or None to detect."""
+    context: str = ""
+    """Context text (hotwords, domain text) placed in the model's system turn."""
+    enable_itn: bool = False
+    """Apply inverse text normalization (spoken numbers to digits) for Chinese and English."""
+
+
+@dataclass(frozen=True)
+class EngineRequest:
+    """One model call: one clip (usually one segment of a file)."""
+
+    samples: np.ndarray
+    """16 kHz mono float32."""
+    context: str = ""
+    language: str | None = None
+    """DashScope code to force, or None to let the model detect it."""
+
+
+@dataclass(frozen=True)
+class EngineResult:
+    """What the engine made of one `EngineRequest`."""
+
+    text: str
+    """Transcript text with the `language X<asr_text>` header removed."""
+    language: str | None
+    """Detected (or forced) language as a DashScope code; None when the model heard no speech."""
+    audio_tokens: int
+    """Audio placeholder tokens fed to the model (13 per second)."""
+    context_tokens: int
+    """Tokens of the context text in the system turn."""
+    output_tokens: int
+    """Tokens the model generated, the header included."""
+    finish_reason: str = "stop"
+    """`stop` (end token), `length` (max_new_tokens reached) or `repetition` (a loop was cut)."""
+
+
+@dataclass(frozen=True)
+class Delta:
+    """A piece of streamed text for one request. `language` is set once it is known."""
+
+    text: str
+    language: str | None = None
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A stretch of the original timeline and its transcript."""
+
+    start_s: float
+    end_s: float
+    text: str = ""
+    language: str | None = None
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token and audio accounting for one transcription."""
+
+    audio_s: float = 0.0
+    audio_tokens: int = 0
+    context_tokens: int = 0
+    output_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """The result of transcribing one input."""
+
+    text: str
+    language: str | None
+    duration_s: float
+    segments: tuple[Segment, ...] = ()
+    usage: Usage = field(default_factory=Usage)
+    languages: tuple[str, ...] = ()
+    """Every language detected, most frequent first (mixed-language audio lists several)."""

@@ -1,0 +1,43 @@
+"""Shared fixtures: tiny random-weight checkpoints built offline once per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Nothing in the tests may reach the network: the hub client must fail fast instead of downloading.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`-hf` layout, compact ids."""
+    from qasr.engine.testing import build_checkpoint
+
+    return build_checkpoint(tmp_path_factory.mktemp("tiny-hf"))
+
+
+@pytest.fixture(scope="session")
+def tiny_real_ids_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`-hf` layout with the published special-token ids."""
+    from qasr.engine.testing import build_checkpoint
+
+    return build_checkpoint(tmp_path_factory.mktemp("tiny-real"), ids="real")
+
+
+@pytest.fixture(scope="session")
+def tiny_original_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Original layout (thinker_config, thinker.* names), same weights as `tiny_dir`."""
+    from qasr.engine.testing import build_checkpoint
+
+    return build_checkpoint(tmp_path_factory.mktemp("tiny-orig"), layout="original")
+
+
+@pytest.fixture(scope="session")
+def engine(tiny_dir: Path):  # type: ignore[no-untyped-def]
+    from qasr.engine.qwen3 import Qwen3ASREngine
+
+    return Qwen3ASREngine.load(str(tiny_dir), device="cpu", dtype="float32")
