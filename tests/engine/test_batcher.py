@@ -1,0 +1,202 @@
+"""Cross-request batching on the tiny model: same results, overload, cancellation, worker death."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+
+import pytest
+
+from qasr.engine.base import Job
+from qasr.engine.batcher import Batcher, BatchPolicy
+from qasr.engine.qwen3 import Qwen3ASREngine
+from qasr.errors import EngineUnavailable, Overloaded
+from qasr.types import Delta, EngineRequest, EngineResult
+from tests.helpers import noise
+
+
+class _GatedEngine:
+    """Wraps the real engine; each `run` waits for the test to open the gate (no sleeps, no timing)."""
+
+    def __init__(self, inner: Qwen3ASREngine) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+        self.batches: list[int] = []
+        self.fail_with: BaseException | None = None
+
+    def run(self, jobs: Sequence[Job]) -> list[EngineResult]:
+        self.entered.set()
+        self.gate.wait(timeout=60)
+        if self.fail_with is not None:
+            raise self.fail_with
+        self.batches.append(len(jobs))
+        return self.inner.run(jobs)
+
+
+async def _wait(event: threading.Event) -> None:
+    await asyncio.to_thread(event.wait, 60)
+
+
+def test_concurrent_requests_are_batched_with_identical_results(engine: Qwen3ASREngine) -> None:
+    clips = [noise(s, seed=i) for i, s in enumerate((1.0, 1.5, 2.0, 3.0, 0.8, 2.5))]
+    expected = engine.transcribe([EngineRequest(c) for c in clips])
+    gated = _GatedEngine(engine)
+
+    async def main() -> list[EngineResult]:
+        batcher = Batcher(gated, BatchPolicy(max_batch_size=4, max_wait_ms=5, max_queue=16))  # type: ignore[arg-type]
+        batcher.start()
+        try:
+            first = asyncio.ensure_future(batcher.submit(EngineRequest(clips[0])))
+            await _wait(gated.entered)  # the worker holds request 0; the rest queue up behind it
+            rest = [asyncio.ensure_future(batcher.submit(EngineRequest(c))) for c in clips[1:]]
+            while batcher.queue_depth < len(rest):
+                await asyncio.sleep(0.01)
+            gated.gate.set()
+            return [await first, *[await r for r in rest]]
+        finally:
+            batcher.close()
+
+    results = asyncio.run(main())
+    assert results == expected
+    assert gated.batches == [1, 4, 1]  # five waited: one full batch of 4, then the last one
+
+
+def test_overload_refuses_then_recovers(engine: Qwen3ASREngine) -> None:
+    gated = _GatedEngine(engine)
+
+    async def main() -> None:
+        batcher = Batcher(gated, BatchPolicy(max_batch_size=1, max_wait_ms=0, max_queue=2))  # type: ignore[arg-type]
+        batcher.start()
+        try:
+            running = asyncio.ensure_future(batcher.submit(EngineRequest(noise(1.0))))
+            await _wait(gated.entered)
+            queued = [asyncio.ensure_future(batcher.submit(EngineRequest(noise(1.0)))) for _ in range(2)]
+            while batcher.queue_depth < 2:
+                await asyncio.sleep(0.01)
+            with pytest.raises(Overloaded, match="busy"):
+                await batcher.submit(EngineRequest(noise(1.0)))
+            gated.gate.set()
+            await asyncio.gather(running, *queued)
+            assert (await batcher.submit(EngineRequest(noise(1.0)))).audio_tokens == 13
+        finally:
+            batcher.close()
+
+    asyncio.run(main())
+
+
+def test_cancelled_request_leaves_and_others_still_batch(engine: Qwen3ASREngine) -> None:
+    gated = _GatedEngine(engine)
+
+    async def main() -> None:
+        batcher = Batcher(gated, BatchPolicy(max_batch_size=4, max_wait_ms=5, max_queue=8))  # type: ignore[arg-type]
+        batcher.start()
+        try:
+            first = asyncio.ensure_future(batcher.submit(EngineRequest(noise(1.0))))
+            await _wait(gated.entered)
+            doomed = asyncio.ensure_future(batcher.submit(EngineRequest(noise(1.0))))
+            others = [
+                asyncio.ensure_future(batcher.submit(EngineRequest(noise(1.0, seed=i)))) for i in range(2)
+            ]
+            while batcher.queue_depth < 3:
+                await asyncio.sleep(0.01)
+            doomed.cancel()
+            while batcher.queue_depth != 2:
+                await asyncio.sleep(0.01)
+            gated.gate.set()
+            await asyncio.gather(first, *others)
+            assert doomed.cancelled()
+            assert gated.batches == [1, 2]
+        finally:
+            batcher.close()
+
+    asyncio.run(main())
+
+
+def test_cancel_mid_generation_ends_the_row(engine: Qwen3ASREngine) -> None:
+    """A request cancelled while its batch runs stops at the next token; its neighbour finishes."""
+
+    async def main() -> None:
+        batcher = Batcher(engine, BatchPolicy(max_batch_size=2, max_wait_ms=50))
+        batcher.start()
+        try:
+            got_delta = asyncio.Event()
+            doomed = asyncio.ensure_future(
+                batcher.submit(EngineRequest(noise(30.0, seed=3)), on_delta=lambda d: got_delta.set())
+            )
+            neighbour = asyncio.ensure_future(batcher.submit(EngineRequest(noise(2.0, seed=4))))
+            await got_delta.wait()
+            doomed.cancel()
+            result = await neighbour
+            assert result.finish_reason in {"stop", "length", "repetition"}
+            with pytest.raises(asyncio.CancelledError):
+                await doomed
+            # the slot is free: the next request runs
+            assert (await batcher.submit(EngineRequest(noise(1.0)))).audio_tokens == 13
+        finally:
+            batcher.close()
+
+    asyncio.run(main())
+
+
+def test_streaming_deltas_while_batched(engine: Qwen3ASREngine) -> None:
+    async def main() -> tuple[list[Delta], EngineResult]:
+        batcher = Batcher(engine, BatchPolicy(max_batch_size=4, max_wait_ms=50))
+        batcher.start()
+        try:
+            deltas: list[Delta] = []
+            streamed = asyncio.ensure_future(batcher.submit(EngineRequest(noise(3.0, seed=5)), deltas.append))
+            other = asyncio.ensure_future(batcher.submit(EngineRequest(noise(2.0, seed=6))))
+            result, _ = await asyncio.gather(streamed, other)
+            return deltas, result
+        finally:
+            batcher.close()
+
+    deltas, result = asyncio.run(main())
+    assert len(deltas) >= 2 and "".join(d.text for d in deltas) == result.text
+
+
+def test_dead_worker_fails_waiting_requests_at_once(engine: Qwen3ASREngine) -> None:
+    gated = _GatedEngine(engine)
+
+    async def main() -> Batcher:
+        batcher = Batcher(gated, BatchPolicy(max_batch_size=1, max_wait_ms=0, max_queue=8))  # type: ignore[arg-type]
+        batcher.start()
+        running = asyncio.ensure_future(batcher.submit(EngineRequest(noise(1.0))))
+        await _wait(gated.entered)
+        waiting = [asyncio.ensure_future(batcher.submit(EngineRequest(noise(1.0)))) for _ in range(3)]
+        while batcher.queue_depth < 3:
+            await asyncio.sleep(0.01)
+        gated.fail_with = SystemExit("worker killed")  # not an Exception: it kills the worker thread
+        gated.gate.set()
+        outcomes = await asyncio.wait_for(asyncio.gather(running, *waiting, return_exceptions=True), 30)
+        # the running request and the three waiting ones all fail with the same clear error
+        assert [type(o) for o in outcomes] == [EngineUnavailable] * 4
+        with pytest.raises(EngineUnavailable, match="restarted"):
+            await batcher.submit(EngineRequest(noise(1.0)))
+        return batcher
+
+    batcher = asyncio.run(main())
+    assert not batcher.healthy
+
+
+def test_failed_batch_does_not_kill_the_worker(engine: Qwen3ASREngine) -> None:
+    gated = _GatedEngine(engine)
+    gated.gate.set()
+
+    async def main() -> None:
+        batcher = Batcher(gated, BatchPolicy(max_batch_size=1, max_wait_ms=0))  # type: ignore[arg-type]
+        batcher.start()
+        try:
+            gated.fail_with = RuntimeError("boom")
+            with pytest.raises(RuntimeError, match="boom"):
+                await batcher.submit(EngineRequest(noise(1.0)))
+            gated.fail_with = None
+            assert (await batcher.submit(EngineRequest(noise(1.0)))).audio_tokens == 13
+            assert batcher.healthy
+        finally:
+            batcher.close()
+
+    asyncio.run(main())
