@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -58,3 +59,38 @@ def scripted_output(engine: Any, text: str) -> Iterator[None]:
         yield
     finally:
         engine.model.generate = original
+
+
+def synthesize(text: str, out: Path, voice: str = "en", fmt: str = "wav", rate: int = 22050) -> Path:
+    """Real speech from espeak-ng (a Debian package CI installs), re-encoded with PyAV to `fmt`."""
+    import shutil
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    if shutil.which("espeak-ng") is None:
+        raise RuntimeError("espeak-ng is needed for speech fixtures: apt-get install espeak-ng")
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = Path(tmp) / "speech.wav"
+        subprocess.run(["espeak-ng", "-v", voice, "-w", str(wav), text], check=True, capture_output=True)
+        if fmt == "wav":
+            shutil.copy(wav, out)
+        else:
+            transcode(wav, out, fmt, rate)
+    return out
+
+
+def transcode(src: Path, out: Path, fmt: str, rate: int = 22050) -> None:
+    import av
+
+    codec = {"mp3": "mp3", "wav": "pcm_s16le", "flac": "flac"}[fmt]
+    with av.open(str(src)) as inp, av.open(str(out), "w", format=fmt) as dst:
+        stream = dst.add_stream(codec, rate=rate)
+        resampler = av.AudioResampler(format=stream.codec_context.format or "s16", layout="mono", rate=rate)
+        for frame in inp.decode(audio=0):
+            for f in resampler.resample(frame):
+                f.pts = None
+                for packet in stream.encode(f):
+                    dst.mux(packet)
+        for packet in stream.encode(None):
+            dst.mux(packet)

@@ -97,8 +97,10 @@ class Settings(BaseSettings):
     """Key that signs upload policies; None: a random key per process."""
 
     # --- long audio --------------------------------------------------------------------------------
-    segment_max_s: float = 30.0
+    segment_max_s: float = 25.0
     """Longest segment sent to the model; long audio is cut at pauses into segments up to this."""
+    vad: bool = True
+    """Voice-activity detection: silence is never sent to the model. Off: fixed windows, no gating."""
 
     @field_validator("api_keys", "allow_url_hosts", mode="before")
     @classmethod

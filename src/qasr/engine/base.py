@@ -40,6 +40,10 @@ class Engine(Protocol):
         """Deltas as the model writes them, then the final `EngineResult`."""
         ...
 
+    def count_text_tokens(self, text: str) -> int:
+        """Tokens of `text` in the model's tokenizer."""
+        ...
+
     def count_audio_tokens(self, num_samples: int) -> int:
         """Audio placeholder tokens the model sees for a clip of `num_samples` 16 kHz samples."""
         ...

@@ -13,6 +13,7 @@ A random model transcribes nonsense: tests assert plumbing, never a transcript.
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -68,6 +69,35 @@ _CORPUS = [
 ]
 
 
+def _corpus() -> list[str]:
+    """The sentences above plus generated words and Chinese characters, so the BPE has thousands of
+    ids: with only a few hundred, a random model falls into loops at once instead of writing text."""
+    rng = random.Random(0)
+    syllables = [
+        "ka",
+        "to",
+        "ri",
+        "mu",
+        "sen",
+        "do",
+        "la",
+        "vi",
+        "por",
+        "te",
+        "an",
+        "el",
+        "qu",
+        "is",
+        "ber",
+        "go",
+    ]
+    words = ["".join(rng.choice(syllables) for _ in range(rng.randint(1, 3))) for _ in range(3000)]
+    han = [chr(0x4E00 + i * 7) for i in range(2500)]
+    latin = [" ".join(rng.sample(words, 12)) + "." for _ in range(400)]
+    chinese = ["".join(rng.sample(han, 15)) + "。" for _ in range(400)]
+    return _CORPUS * 4 + latin + chinese
+
+
 @dataclass(frozen=True)
 class ModelDims:
     """The sizes that matter for a Qwen3-ASR checkpoint."""
@@ -97,7 +127,7 @@ IdLayout = Literal["compact", "real"]
 FileLayout = Literal["hf", "original"]
 
 
-def build_tokenizer(ids: IdLayout = "compact", bpe_size: int = 320) -> Any:
+def build_tokenizer(ids: IdLayout = "compact", bpe_size: int = 4000) -> Any:
     """A byte-level BPE tokenizer with the Qwen3-ASR special tokens at the chosen ids."""
     from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, trainers
     from transformers import Qwen2Tokenizer
@@ -105,7 +135,7 @@ def build_tokenizer(ids: IdLayout = "compact", bpe_size: int = 320) -> Any:
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     alphabet = pre_tokenizers.ByteLevel.alphabet()
-    bpe.train_from_iterator(_CORPUS * 4, trainers.BpeTrainer(vocab_size=bpe_size, initial_alphabet=alphabet))
+    bpe.train_from_iterator(_corpus(), trainers.BpeTrainer(vocab_size=bpe_size, initial_alphabet=alphabet))
     state = json.loads(bpe.to_str())
     vocab: dict[str, int] = dict(state["model"]["vocab"])
     merges: Any = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["model"]["merges"]]
@@ -210,6 +240,12 @@ def build_checkpoint(
     model: Any = Qwen3ASRForConditionalGeneration(config)
     model = model.to(dtype).eval()
     eos = [token_ids["<|endoftext|>"], token_ids["<|im_end|>"]]
+    if not dims.tie_embeddings:
+        # With a few hundred ids a random head ends most outputs after a token or two. Zero logits for
+        # the end tokens make it write until its token budget, like a real transcript of real speech,
+        # which is what streaming, budgets and repetition guards need to be exercised.
+        with torch.no_grad():
+            model.lm_head.weight[eos] = 0.0
     model.generation_config = GenerationConfig(
         eos_token_id=eos, pad_token_id=token_ids["<|im_end|>"], do_sample=False, max_new_tokens=512
     )

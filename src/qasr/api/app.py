@@ -1,0 +1,192 @@
+"""The app factory. The lifespan owns the model: it loads (or takes) the engine, warms it up, starts
+the batcher and the upload store, and stops them at shutdown. No module globals."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from qasr.api.dashscope.routes import router as dashscope_router
+from qasr.api.dashscope.uploads import UploadStore
+from qasr.api.errors import dashscope_body, openai_body
+from qasr.api.services import Services, new_request_id
+from qasr.engine.base import Engine
+from qasr.engine.batcher import Batcher, BatchPolicy
+from qasr.errors import AudioTooLarge, InvalidRequest, ModelNotFound
+from qasr.settings import Settings
+from qasr.transcriber import PipelineOptions, Transcriber
+
+log = logging.getLogger(__name__)
+_UPLOAD_CLEANUP_S = 600.0
+
+
+def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
+    """Build the service. `engine` is loaded from `settings` at start-up unless one is given."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        model: Engine = engine if engine is not None else await asyncio.to_thread(load_engine, settings)
+        batcher = Batcher(
+            model, BatchPolicy(settings.max_batch_size, settings.max_wait_ms, settings.max_queue)
+        )
+        batcher.start()
+        transcriber = await asyncio.to_thread(Transcriber, batcher, None, pipeline_options(settings))
+        uploads = UploadStore.from_settings(settings)
+        app.state.services = Services(settings, batcher, transcriber, uploads)
+        cleaner = asyncio.ensure_future(_clean_uploads(uploads))
+        try:
+            yield
+        finally:
+            cleaner.cancel()
+            batcher.close()
+            uploads.close()
+
+    app = FastAPI(title="qasr", version="0.1.0", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app.add_middleware(BodyLimit, settings=settings)
+    app.include_router(dashscope_router)
+    _install_error_handlers(app)
+
+    @app.get("/health")
+    async def health(request: Request) -> Response:
+        svc: Services = request.app.state.services
+        ok = svc.batcher.healthy
+        body = {
+            "status": "ok" if ok else "unavailable",
+            "model": svc.settings.model,
+            "queue": svc.batcher.queue_depth,
+        }
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    return app
+
+
+def load_engine(settings: Settings) -> Engine:
+    from qasr.engine.qwen3 import Qwen3ASREngine
+
+    engine = Qwen3ASREngine.load(
+        settings.model, settings.device, settings.dtype, settings.quantize, settings.threads
+    )
+    if settings.warmup:
+        engine.warmup()
+    return engine
+
+
+def pipeline_options(settings: Settings) -> PipelineOptions:
+    from qasr.audio.segment import SegmentationOptions
+
+    return PipelineOptions(
+        segmentation=SegmentationOptions(max_segment_s=settings.segment_max_s), use_vad=settings.vad
+    )
+
+
+async def _clean_uploads(store: UploadStore) -> None:
+    while True:
+        await asyncio.sleep(_UPLOAD_CLEANUP_S)
+        try:
+            await asyncio.to_thread(store.cleanup)
+        except Exception:
+            log.exception("upload cleanup failed")
+
+
+def _is_dashscope(path: str) -> bool:
+    return path.startswith("/api/")
+
+
+def _error(request: Request, exc: BaseException) -> JSONResponse:
+    if _is_dashscope(request.url.path):
+        status, body = dashscope_body(exc, new_request_id())
+        return JSONResponse(body, status_code=status)
+    status, oa = openai_body(exc)
+    return JSONResponse(oa, status_code=status)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    async def on_http(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 404:
+            return _error(request, ModelNotFound(f"No such endpoint: {request.method} {request.url.path}."))
+        return _error(request, InvalidRequest(f"{exc.detail}"))
+
+    async def on_validation(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return _error(request, InvalidRequest(f"Invalid `{where}`: {first.get('msg')}.", param=where))
+
+    async def on_any(request: Request, exc: Exception) -> Response:
+        return _error(request, exc)
+
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(Exception, on_any)
+
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class BodyLimit:
+    """Refuse request bodies over the limit while they are read, not after (uploads get their own cap)."""
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        from qasr.api.dashscope.routes import UPLOAD_PATH
+
+        path = scope.get("path", "")
+        limit = (
+            self.settings.upload_max_bytes + (1 << 20)
+            if path == UPLOAD_PATH
+            else self.settings.max_body_bytes
+        )
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        too_big = AudioTooLarge(
+            f"The request body is over this server's limit of {limit // (1 << 20)} MB; send a smaller file."
+        )
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await _send_error(scope, send, too_big)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise _BodyTooLarge(too_big.message)
+            return message
+
+        try:
+            await self.app(scope, counted, send)
+        except _BodyTooLarge as exc:  # raised outside a route's own error handling
+            await _send_error(scope, send, exc)
+
+
+class _BodyTooLarge(AudioTooLarge):
+    """Routes that catch it map it like any over-size input (400)."""
+
+
+async def _send_error(scope: Scope, send: Send, exc: BaseException) -> None:
+    request = Request(scope)
+    response = _error(request, exc)
+    await response(scope, _never_receive, send)
+
+
+async def _never_receive() -> Message:
+    return {"type": "http.disconnect"}

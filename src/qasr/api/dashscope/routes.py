@@ -1,0 +1,166 @@
+"""DashScope routes: the generation endpoint (JSON and SSE) and the SDK's temporary-upload flow.
+Handlers convert the wire request, call the pipeline, and render; errors go through the one table."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from qasr.api.dashscope import protocol
+from qasr.api.errors import dashscope_body
+from qasr.api.services import Services, new_request_id, services
+from qasr.errors import InvalidRequest
+from qasr.types import Delta, Transcript
+
+router = APIRouter()
+log = logging.getLogger(__name__)
+
+
+def _scheme(audio: str) -> str:
+    """What kind of reference a request used (logged without the rest of the URL)."""
+    head = audio[:16].split(":", 1)[0].lower() if ":" in audio[:16] else "path"
+    return f"{head}://" if head in {"http", "https", "oss", "file"} else head
+
+
+def error_response(exc: BaseException, request_id: str | None = None) -> JSONResponse:
+    status, body = dashscope_body(exc, request_id or new_request_id())
+    return JSONResponse(body, status_code=status)
+
+
+@router.post("/api/v1/services/aigc/multimodal-generation/generation")
+async def generation(request: Request) -> Response:
+    svc = services(request)
+    request_id = new_request_id()
+    try:
+        api_key = svc.check_key(request)
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            raise InvalidRequest("The request body is not valid JSON.") from None
+        req = protocol.parse_request(body)
+        model = svc.check_model(req.model)
+        audio, options = protocol.to_domain(req)
+        log.info("generation %s: audio %s, stream=%s", request_id, _scheme(audio), request.headers.get("x-dashscope-sse"))
+        svc.check_context(options.context)
+        policy = svc.source_policy(api_key, model)
+        limits = svc.settings.sync_limits
+        stream = request.headers.get("x-dashscope-sse", "").lower() == "enable"
+        if not stream:
+            transcript = await svc.bounded(
+                request, svc.transcriber.transcribe(audio, options, limits, policy)
+            )
+            text_tokens = svc.count_tokens(transcript.text)
+            return JSONResponse(protocol.transcript_body(transcript, text_tokens, request_id))
+        incremental = req.parameters.incremental_output
+        if incremental is None:
+            incremental = svc.settings.incremental_output_default
+        items = svc.transcriber.stream(audio, options, limits, policy)
+        # Run up to the first result before answering 200, so input errors are plain JSON errors.
+        first = await items.__anext__()
+    except Exception as exc:
+        return error_response(exc, request_id)
+    frames = _sse(svc, first, items, incremental, request_id)
+    return StreamingResponse(frames, media_type="text/event-stream;charset=UTF-8")
+
+
+async def _sse(
+    svc: Services,
+    first: Delta | Transcript,
+    items: AsyncIterator[Delta | Transcript],
+    incremental: bool,
+    rid: str,
+) -> AsyncIterator[bytes]:
+    """DashScope SSE (spec 5.1): `id:`, `event:result`, `:HTTP_STATUS/200`, `data:` with no spaces."""
+    event_id = 0
+    text = ""
+    language: str | None = None
+    try:
+        item: Delta | Transcript | None = first
+        while item is not None:
+            if isinstance(item, Transcript):
+                final_text = "" if incremental else item.text
+                body = protocol.result_body(
+                    final_text,
+                    item.language,
+                    "stop",
+                    protocol.usage(item.duration_s, item.usage.context_tokens, svc.count_tokens(item.text)),
+                    rid,
+                )
+                event_id += 1
+                yield _frame(event_id, "result", 200, body)
+                return
+            language = item.language or language
+            if item.text:
+                text += item.text
+                body = protocol.result_body(
+                    item.text if incremental else text,
+                    language,
+                    "null",
+                    protocol.usage(0.0, 0, svc.count_tokens(text)),
+                    rid,
+                )
+                event_id += 1
+                yield _frame(event_id, "result", 200, body)
+            item = await items.__anext__()
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        status, err = dashscope_body(exc, rid)
+        event_id += 1
+        # One error event, then the stream ends (spec 5.4); `event:error` without a space.
+        yield _frame(event_id, "error", status, err)
+    finally:
+        with contextlib.suppress(BaseException):
+            await items.aclose()  # type: ignore[attr-defined]
+
+
+def _frame(event_id: int, event: str, status: int, body: dict[str, Any]) -> bytes:
+    data = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+    return f"id:{event_id}\nevent:{event}\n:HTTP_STATUS/{status}\ndata:{data}\n\n".encode()
+
+
+@router.get("/api/v1/uploads")
+async def get_policy(request: Request, action: str = "", model: str = "") -> Response:
+    """Step 1 of the SDK's local-file flow (spec 3.2): a signed policy whose host is this server."""
+    svc = services(request)
+    request_id = new_request_id()
+    try:
+        api_key = svc.check_key(request)
+        if action != "getPolicy":
+            raise InvalidRequest("Unsupported action: use action=getPolicy.", param="action")
+        model = svc.check_model(model)
+        upload_host = svc.public_base(request) + UPLOAD_PATH
+        data = await asyncio.to_thread(svc.uploads.issue_policy, api_key, model, upload_host)
+    except Exception as exc:
+        return error_response(exc, request_id)
+    return JSONResponse({"request_id": request_id, "data": data})
+
+
+UPLOAD_PATH = "/api/v1/uploads/oss"
+
+
+@router.post(UPLOAD_PATH)
+async def upload(request: Request) -> Response:
+    """Step 2 (spec 3.3): the multipart POST, authorised only by the signed policy; 200 on success."""
+    svc = services(request)
+    form = None
+    try:
+        form = await request.form(max_files=1, max_fields=20, max_part_size=svc.settings.upload_max_bytes + 1)
+        fields = {k: v for k, v in form.items() if isinstance(v, str)}
+        file = form.get("file")
+        if file is None or isinstance(file, str):
+            raise InvalidRequest("The upload has no `file` part.", param="file")
+        await asyncio.to_thread(svc.uploads.accept_upload, fields, file.filename, file.file)
+    except Exception as exc:
+        return error_response(exc)
+    finally:
+        if form is not None:
+            await form.close()
+    return Response(status_code=200)

@@ -1,0 +1,70 @@
+"""The one table that turns domain errors into wire errors, for both API dialects.
+
+DashScope: `{"request_id", "code", "message"}` (spec section 6). OpenAI: `{"error": {"message", "type",
+"param", "code"}}`. Unknown exceptions are server bugs: 500 with a generic message, never the
+exception text or a stack trace, and never a 4xx.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from qasr import errors as e
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WireError:
+    status: int
+    dashscope_code: str
+    openai_type: str
+    openai_code: str
+
+
+# Most specific classes first: the first isinstance match wins.
+_TABLE: list[tuple[type[BaseException], WireError]] = [
+    (e.Unauthorized, WireError(401, "InvalidApiKey", "invalid_request_error", "invalid_api_key")),
+    (e.ModelNotFound, WireError(404, "ModelNotFound", "invalid_request_error", "model_not_found")),
+    (e.Overloaded, WireError(429, "Throttling.RateQuota", "rate_limit_error", "rate_limit_exceeded")),
+    (e.InvalidUploadPolicy, WireError(403, "AccessDenied", "invalid_request_error", "access_denied")),
+    (
+        e.DownloadFailed,
+        WireError(400, "BadRequest.InputDownloadFailed", "invalid_request_error", "download_failed"),
+    ),
+    (e.ForbiddenSource, WireError(400, "InvalidURL", "invalid_request_error", "forbidden_url")),
+    (e.UnsupportedSource, WireError(400, "InvalidURL", "invalid_request_error", "invalid_url")),
+    (e.UploadNotFound, WireError(400, "InvalidURL", "invalid_request_error", "invalid_url")),
+    (e.AudioTooLarge, WireError(400, "InvalidParameter", "invalid_request_error", "audio_too_large")),
+    (e.AudioTooLong, WireError(400, "InvalidParameter", "invalid_request_error", "audio_too_long")),
+    (e.AudioError, WireError(400, "InvalidParameter", "invalid_request_error", "invalid_audio")),
+    (e.UnknownLanguage, WireError(400, "InvalidParameter", "invalid_request_error", "unsupported_language")),
+    (e.InvalidRequest, WireError(400, "InvalidParameter", "invalid_request_error", "invalid_parameter")),
+    (e.RequestTimeout, WireError(504, "RequestTimeOut", "server_error", "timeout")),
+    (e.EngineUnavailable, WireError(503, "ServiceUnavailable", "server_error", "service_unavailable")),
+]
+_INTERNAL = WireError(500, "InternalError", "server_error", "internal_error")
+_INTERNAL_MESSAGE = "An internal error occurred; the server logged the details."
+
+
+def classify(exc: BaseException) -> tuple[WireError, str]:
+    """The wire error and the user-facing message for `exc`."""
+    for cls, wire in _TABLE:
+        if isinstance(exc, cls):
+            return wire, exc.message if isinstance(exc, e.QasrError) else str(exc)
+    log.error("internal error", exc_info=exc)
+    return _INTERNAL, _INTERNAL_MESSAGE
+
+
+def dashscope_body(exc: BaseException, request_id: str) -> tuple[int, dict[str, str]]:
+    wire, message = classify(exc)
+    return wire.status, {"request_id": request_id, "code": wire.dashscope_code, "message": message}
+
+
+def openai_body(exc: BaseException) -> tuple[int, dict[str, object]]:
+    wire, message = classify(exc)
+    param = getattr(exc, "param", None)
+    return wire.status, {
+        "error": {"message": message, "type": wire.openai_type, "param": param, "code": wire.openai_code}
+    }

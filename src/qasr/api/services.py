@@ -1,0 +1,121 @@
+"""What the routes share: settings, the pipeline, the upload store; plus auth and model-name checks."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import re
+import uuid
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from fastapi import Request
+
+from qasr.api.dashscope.uploads import UploadStore
+from qasr.audio.sources import SourcePolicy
+from qasr.engine.batcher import Batcher
+from qasr.errors import InvalidRequest, ModelNotFound, RequestTimeout, Unauthorized
+from qasr.settings import Settings
+from qasr.transcriber import Transcriber
+
+T = TypeVar("T")
+MAX_CONTEXT_TOKENS = 10_000
+
+# qwen3-asr-flash, its dated snapshots and the US-region names (spec section 7).
+_CLOUD_NAMES = re.compile(r"^qwen3-asr-flash(-\d{4}-\d{2}-\d{2})?(-us)?$")
+
+
+@dataclass
+class Services:
+    settings: Settings
+    batcher: Batcher
+    transcriber: Transcriber
+    uploads: UploadStore
+
+    def check_key(self, request: Request) -> str | None:
+        """The caller's API key when keys are configured (and valid); None when the server is open."""
+        if not self.settings.api_keys:
+            return None
+        header = request.headers.get("authorization", "")
+        scheme, _, key = header.partition(" ")
+        key = key.strip()
+        if scheme.lower() != "bearer" or not key:
+            raise Unauthorized("No API key provided: send `Authorization: Bearer <key>`.")
+        if not any(hmac.compare_digest(key.encode(), k.encode()) for k in self.settings.api_keys):
+            raise Unauthorized("Invalid API-key provided.")
+        return key
+
+    def check_model(self, name: str | None) -> str:
+        """Accept the cloud names and the configured model's own names; refuse anything else."""
+        if not name:
+            raise ModelNotFound("No model given: use qwen3-asr-flash.")
+        model = self.settings.model
+        own = {self.settings.served_model_name, model, Path(model).name, model.rsplit("/", 1)[-1]}
+        if _CLOUD_NAMES.match(name) or name in own:
+            return name
+        raise ModelNotFound(
+            f"Model {name} does not exist here; this server serves qwen3-asr-flash ({model})."
+        )
+
+    def source_policy(self, api_key: str | None, model: str) -> SourcePolicy:
+        """What a remote caller may reference: no server files unless allowed, public URLs only."""
+        return SourcePolicy(
+            allow_local_dirs=tuple(self.settings.allow_local_dirs),
+            allow_any_local=False,
+            allow_url_hosts=tuple(self.settings.allow_url_hosts),
+            url_map=dict(self.settings.url_map),
+            timeout_s=self.settings.download_timeout_s,
+            resolve_upload=lambda key: self.uploads.resolve(key, api_key, model),
+        )
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of `text` in the model's tokenizer (reported as text tokens)."""
+        return self.batcher.engine.count_text_tokens(text)
+
+    def check_context(self, context: str) -> None:
+        """The cloud accepts up to 10 000 tokens of context (spec section 7)."""
+        if len(context) > MAX_CONTEXT_TOKENS and self.count_tokens(context) > MAX_CONTEXT_TOKENS:
+            raise InvalidRequest(
+                f"The context (system message) is longer than {MAX_CONTEXT_TOKENS} tokens; shorten it.",
+                param="input.messages",
+            )
+
+    def public_base(self, request: Request) -> str:
+        return (self.settings.public_base_url or str(request.base_url)).rstrip("/")
+
+    async def bounded(self, request: Request, work: Awaitable[T]) -> T:
+        """Run `work` under the request time limit; cancel it if the client goes away."""
+        task = asyncio.ensure_future(work)
+        watcher = asyncio.ensure_future(_wait_disconnect(request))
+        try:
+            done, _ = await asyncio.wait(
+                {task, watcher}, timeout=self.settings.request_timeout_s, return_when=asyncio.FIRST_COMPLETED
+            )
+            if task in done:
+                return task.result()
+            task.cancel()
+            if watcher in done:  # the client left: nobody will read the answer
+                raise asyncio.CancelledError
+            raise RequestTimeout(
+                f"The request took longer than {self.settings.request_timeout_s:.0f} s and was stopped."
+            )
+        finally:
+            watcher.cancel()
+            if not task.done():
+                task.cancel()
+
+
+async def _wait_disconnect(request: Request) -> None:
+    while not await request.is_disconnected():
+        await asyncio.sleep(0.25)
+
+
+def new_request_id() -> str:
+    return str(uuid.uuid4())
+
+
+def services(request: Request) -> Services:
+    svc: Services = request.app.state.services
+    return svc
