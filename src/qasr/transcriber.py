@@ -114,7 +114,9 @@ class Transcriber:
             info = audio.info
         finally:
             segments.stop()
-            await asyncio.to_thread(audio.close)
+            # Synchronous on purpose: it is quick and thread-safe, and an await here would be skipped
+            # when the consumer was cancelled (a client that hung up), leaking the open input.
+            audio.close()
         yield collector.transcript(info)
 
     async def _run_segments(
