@@ -325,4 +325,5 @@ class _Collector:
             segments=tuple(s for s in self.segments if s.text),
             usage=usage,
             languages=languages,
+            finish_reason="length" if any(r.finish_reason == "length" for r in self.results) else "stop",
         )

@@ -131,3 +131,5 @@ class Transcript:
     usage: Usage = field(default_factory=Usage)
     languages: tuple[str, ...] = ()
     """Every language detected, most frequent first (mixed-language audio lists several)."""
+    finish_reason: str = "stop"
+    """`length` when a segment reached its token budget (text may be cut), else `stop`."""

@@ -29,6 +29,7 @@ def _run(pieces: list[str], forced: str | None = None) -> tuple[list[str], TextA
         (["lang", "uid flow"], "languid flow", None),  # looked like a header, was not
         (["language Klingon<asr_text>", "x"], "x", None),  # unknown name: no code invented
         (["  ", "\x06", "a\ufffdb", " "], "ab", None),  # whitespace, control chars, U+FFFD dropped
+        (["a\tb", "\nc"], "a b c", None),  # one line of text
     ],
 )
 def test_assembly(pieces: list[str], text: str, language: str | None) -> None:

@@ -16,8 +16,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from qasr.api.dashscope.routes import router as dashscope_router
 from qasr.api.dashscope.uploads import UploadStore
-from qasr.api.errors import dashscope_body, openai_body
-from qasr.api.services import Services, new_request_id
+from qasr.api.openai.routes import router as openai_router
+from qasr.api.routing import dashscope_error, openai_error
+from qasr.api.services import Services
 from qasr.engine.base import Engine
 from qasr.engine.batcher import Batcher, BatchPolicy
 from qasr.errors import AudioTooLarge, InvalidRequest, ModelNotFound
@@ -52,6 +53,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app = FastAPI(title="qasr", version="0.1.0", lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.add_middleware(BodyLimit, settings=settings)
     app.include_router(dashscope_router)
+    app.include_router(openai_router)
     _install_error_handlers(app)
 
     @app.get("/health")
@@ -101,11 +103,9 @@ def _is_dashscope(path: str) -> bool:
 
 
 def _error(request: Request, exc: BaseException) -> JSONResponse:
-    if _is_dashscope(request.url.path):
-        status, body = dashscope_body(exc, new_request_id())
-        return JSONResponse(body, status_code=status)
-    status, oa = openai_body(exc)
-    return JSONResponse(oa, status_code=status)
+    """Errors outside the routes (unknown paths, bodies over the limit) in the caller's dialect."""
+    render = dashscope_error if _is_dashscope(request.url.path) else openai_error
+    return render(request, exc)
 
 
 def _install_error_handlers(app: FastAPI) -> None:

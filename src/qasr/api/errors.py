@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from starlette.requests import ClientDisconnect
+
 from qasr import errors as e
 
 log = logging.getLogger(__name__)
@@ -25,6 +27,8 @@ class WireError:
 
 # Most specific classes first: the first isinstance match wins.
 _TABLE: list[tuple[type[BaseException], WireError]] = [
+    # The client hung up while sending: nobody reads the answer, but it is not a server bug.
+    (ClientDisconnect, WireError(400, "InvalidParameter", "invalid_request_error", "client_disconnected")),
     (e.Unauthorized, WireError(401, "InvalidApiKey", "invalid_request_error", "invalid_api_key")),
     (e.ModelNotFound, WireError(404, "ModelNotFound", "invalid_request_error", "model_not_found")),
     (e.Overloaded, WireError(429, "Throttling.RateQuota", "rate_limit_error", "rate_limit_exceeded")),
@@ -52,7 +56,9 @@ def classify(exc: BaseException) -> tuple[WireError, str]:
     """The wire error and the user-facing message for `exc`."""
     for cls, wire in _TABLE:
         if isinstance(exc, cls):
-            return wire, exc.message if isinstance(exc, e.QasrError) else str(exc)
+            if isinstance(exc, e.QasrError):
+                return wire, exc.message
+            return wire, "The client closed the connection before the request arrived."
     log.error("internal error", exc_info=exc)
     return _INTERNAL, _INTERNAL_MESSAGE
 

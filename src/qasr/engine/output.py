@@ -6,7 +6,7 @@ one token at a time and yields only new, complete transcript text:
 - a multi-byte character split across tokens is never emitted half-way;
 - leading whitespace is dropped and trailing whitespace held back, so the deltas join to exactly the
   final text;
-- undecodable bytes (U+FFFD) and control characters are dropped;
+- undecodable bytes (U+FFFD) and control characters are dropped, tabs and newlines become spaces;
 - repetition loops are detected on token ids and end the row (`finish_reason="repetition"`).
 """
 
@@ -152,7 +152,8 @@ class TextAssembler:
         return name == "" or name.isalpha()
 
     def _emit(self, piece: str) -> str:
-        piece = "".join(c for c in piece if c in "\n\t" or not _unwanted(c))
+        # A transcript is one line of text: tabs and newlines become spaces, other controls go.
+        piece = "".join(" " if c in "\t\n\r" else c for c in piece if c in "\t\n\r" or not _unwanted(c))
         if not self._started:
             piece = piece.lstrip()
             if not piece:

@@ -133,5 +133,9 @@ def result_body(
 
 def transcript_body(t: Transcript, text_tokens: int, request_id: str) -> dict[str, Any]:
     return result_body(
-        t.text, t.language, "stop", usage(t.duration_s, t.usage.context_tokens, text_tokens), request_id
+        t.text,
+        t.language,
+        t.finish_reason,
+        usage(t.duration_s, t.usage.context_tokens, text_tokens),
+        request_id,
     )

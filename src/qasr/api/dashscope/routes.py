@@ -15,11 +15,12 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from qasr.api.dashscope import protocol
 from qasr.api.errors import dashscope_body
-from qasr.api.services import Services, new_request_id, services
+from qasr.api.routing import dashscope_error, guarded_route, request_id
+from qasr.api.services import Services, services
 from qasr.errors import InvalidRequest
 from qasr.types import Delta, Transcript
 
-router = APIRouter()
+router = APIRouter(route_class=guarded_route(dashscope_error))
 log = logging.getLogger(__name__)
 
 
@@ -29,44 +30,33 @@ def _scheme(audio: str) -> str:
     return f"{head}://" if head in {"http", "https", "oss", "file"} else head
 
 
-def error_response(exc: BaseException, request_id: str | None = None) -> JSONResponse:
-    status, body = dashscope_body(exc, request_id or new_request_id())
-    return JSONResponse(body, status_code=status)
-
-
 @router.post("/api/v1/services/aigc/multimodal-generation/generation")
 async def generation(request: Request) -> Response:
     svc = services(request)
-    request_id = new_request_id()
+    rid = request_id(request)
+    api_key = svc.check_key(request)
     try:
-        api_key = svc.check_key(request)
-        try:
-            body = json.loads(await request.body())
-        except ValueError:
-            raise InvalidRequest("The request body is not valid JSON.") from None
-        req = protocol.parse_request(body)
-        model = svc.check_model(req.model)
-        audio, options = protocol.to_domain(req)
-        log.info("generation %s: audio %s, stream=%s", request_id, _scheme(audio), request.headers.get("x-dashscope-sse"))
-        svc.check_context(options.context)
-        policy = svc.source_policy(api_key, model)
-        limits = svc.settings.sync_limits
-        stream = request.headers.get("x-dashscope-sse", "").lower() == "enable"
-        if not stream:
-            transcript = await svc.bounded(
-                request, svc.transcriber.transcribe(audio, options, limits, policy)
-            )
-            text_tokens = svc.count_tokens(transcript.text)
-            return JSONResponse(protocol.transcript_body(transcript, text_tokens, request_id))
-        incremental = req.parameters.incremental_output
-        if incremental is None:
-            incremental = svc.settings.incremental_output_default
-        items = svc.transcriber.stream(audio, options, limits, policy)
-        # Run up to the first result before answering 200, so input errors are plain JSON errors.
-        first = await items.__anext__()
-    except Exception as exc:
-        return error_response(exc, request_id)
-    frames = _sse(svc, first, items, incremental, request_id)
+        body = json.loads(await request.body())
+    except ValueError:
+        raise InvalidRequest("The request body is not valid JSON.") from None
+    req = protocol.parse_request(body)
+    model = svc.check_model(req.model)
+    audio, options = protocol.to_domain(req)
+    stream = request.headers.get("x-dashscope-sse", "").lower() == "enable"
+    log.info("generation %s: audio %s, stream=%s", rid, _scheme(audio), stream)
+    svc.check_context(options.context)
+    policy = svc.source_policy(api_key, model)
+    limits = svc.settings.sync_limits
+    if not stream:
+        transcript = await svc.bounded(request, svc.transcriber.transcribe(audio, options, limits, policy))
+        return JSONResponse(protocol.transcript_body(transcript, svc.count_tokens(transcript.text), rid))
+    incremental = req.parameters.incremental_output
+    if incremental is None:
+        incremental = svc.settings.incremental_output_default
+    items = svc.transcriber.stream(audio, options, limits, policy)
+    # Run up to the first result before answering 200, so input errors are plain JSON errors.
+    first = await items.__anext__()
+    frames = _sse(svc, first, items, incremental, rid)
     return StreamingResponse(frames, media_type="text/event-stream;charset=UTF-8")
 
 
@@ -89,7 +79,7 @@ async def _sse(
                 body = protocol.result_body(
                     final_text,
                     item.language,
-                    "stop",
+                    item.finish_reason,
                     protocol.usage(item.duration_s, item.usage.context_tokens, svc.count_tokens(item.text)),
                     rid,
                 )
@@ -130,17 +120,13 @@ def _frame(event_id: int, event: str, status: int, body: dict[str, Any]) -> byte
 async def get_policy(request: Request, action: str = "", model: str = "") -> Response:
     """Step 1 of the SDK's local-file flow (spec 3.2): a signed policy whose host is this server."""
     svc = services(request)
-    request_id = new_request_id()
-    try:
-        api_key = svc.check_key(request)
-        if action != "getPolicy":
-            raise InvalidRequest("Unsupported action: use action=getPolicy.", param="action")
-        model = svc.check_model(model)
-        upload_host = svc.public_base(request) + UPLOAD_PATH
-        data = await asyncio.to_thread(svc.uploads.issue_policy, api_key, model, upload_host)
-    except Exception as exc:
-        return error_response(exc, request_id)
-    return JSONResponse({"request_id": request_id, "data": data})
+    api_key = svc.check_key(request)
+    if action != "getPolicy":
+        raise InvalidRequest("Unsupported action: use action=getPolicy.", param="action")
+    model = svc.check_model(model)
+    upload_host = svc.public_base(request) + UPLOAD_PATH
+    data = await asyncio.to_thread(svc.uploads.issue_policy, api_key, model, upload_host)
+    return JSONResponse({"request_id": request_id(request), "data": data})
 
 
 UPLOAD_PATH = "/api/v1/uploads/oss"
@@ -150,17 +136,11 @@ UPLOAD_PATH = "/api/v1/uploads/oss"
 async def upload(request: Request) -> Response:
     """Step 2 (spec 3.3): the multipart POST, authorised only by the signed policy; 200 on success."""
     svc = services(request)
-    form = None
-    try:
-        form = await request.form(max_files=1, max_fields=20, max_part_size=svc.settings.upload_max_bytes + 1)
+    limit = svc.settings.upload_max_bytes + 1
+    async with request.form(max_files=1, max_fields=20, max_part_size=limit) as form:
         fields = {k: v for k, v in form.items() if isinstance(v, str)}
         file = form.get("file")
         if file is None or isinstance(file, str):
             raise InvalidRequest("The upload has no `file` part.", param="file")
         await asyncio.to_thread(svc.uploads.accept_upload, fields, file.filename, file.file)
-    except Exception as exc:
-        return error_response(exc)
-    finally:
-        if form is not None:
-            await form.close()
     return Response(status_code=200)

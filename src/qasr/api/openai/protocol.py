@@ -1,0 +1,368 @@
+"""OpenAI wire schemas and the conversions to and from domain types, for two endpoints:
+
+- chat completions as DashScope's OpenAI-compatible mode defines them for qwen3-asr-flash (spec
+  section 8): a system message with context, one user message with one audio part, `asr_options`;
+- audio transcriptions as OpenAI defines them (multipart form; json, text, srt, vtt, verbose_json; an
+  SSE stream of `transcript.text.*` events).
+
+Pydantic only; no web framework in here. Every language in a response is a code (`en`, `zh`), never
+a name, for both endpoints.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from qasr.api.dashscope.protocol import AsrOptions
+from qasr.errors import InvalidRequest
+from qasr.text.languages import normalize_code
+from qasr.text.subtitles import to_srt, to_vtt
+from qasr.types import Delta, TranscribeOptions, Transcript
+
+M = TypeVar("M", bound=BaseModel)
+CountTokens = Callable[[str], int]
+
+# A URI scheme. Raw base64 (OpenAI's own `input_audio.data`) never contains a colon.
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+class _Lenient(BaseModel):
+    # Clients send fields we do not use (temperature, max_tokens, modalities, user...): ignore them.
+    model_config = ConfigDict(extra="ignore")
+
+
+def _validate(cls: type[M], data: Any) -> M:
+    """`cls` from `data`, or `InvalidRequest` naming the first bad field."""
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise InvalidRequest(f"Invalid `{where}`: {first['msg']}.", param=where) from None
+
+
+# --- chat completions (spec section 8) --------------------------------------------------------------
+
+
+class InputAudio(_Lenient):
+    data: str
+    """A URL, a data URI, or raw base64 (then `format` names the container)."""
+    format: str | None = None
+
+
+class AudioUrl(_Lenient):
+    url: str
+
+
+class ContentPart(_Lenient):
+    """A text part, or an audio part in one of the shapes clients send: `input_audio` (DashScope,
+    OpenAI) or `audio_url` (vLLM and others; an object with `url`, or the URL itself)."""
+
+    type: str | None = None
+    text: str | None = None
+    input_audio: InputAudio | None = None
+    audio_url: AudioUrl | str | None = None
+
+
+class ChatMessage(_Lenient):
+    role: str
+    content: str | list[ContentPart] | None = None
+
+
+class StreamOptions(_Lenient):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(_Lenient):
+    model: str
+    messages: list[ChatMessage]
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    asr_options: AsrOptions = AsrOptions()
+    """Top level in this mode (the SDK's `extra_body`), the same object as DashScope's."""
+
+
+def parse_chat_request(body: Any) -> ChatCompletionRequest:
+    """Validate a chat completion body; raise `InvalidRequest` for anything unusable."""
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    if not body.get("model"):
+        raise InvalidRequest("Missing `model`: use qwen3-asr-flash.", param="model")
+    if not body.get("messages"):
+        raise InvalidRequest("Missing `messages`.", param="messages")
+    req = _validate(ChatCompletionRequest, body)
+    if req.stream_options is not None and not req.stream:
+        raise InvalidRequest(
+            "`stream_options` is only allowed when `stream` is true.", param="stream_options"
+        )
+    return req
+
+
+def chat_to_domain(req: ChatCompletionRequest) -> tuple[str, TranscribeOptions]:
+    """The audio reference and options of a chat request.
+
+    System text (a string or text parts) is the context. The user message must hold exactly one audio
+    part; text parts beside it are ignored, as clients written for other servers add an instruction
+    ("Transcribe this audio") that is not context.
+    """
+    context: list[str] = []
+    audio: list[str] = []
+    for message in req.messages:
+        parts = [ContentPart(text=message.content)] if isinstance(message.content, str) else message.content
+        if message.role == "system":
+            context += [p.text for p in parts or [] if p.text]
+        elif message.role == "user":
+            audio += [ref for p in parts or [] if (ref := _audio_reference(p)) is not None]
+        else:
+            raise InvalidRequest(
+                f"Message role {message.role!r} is not supported: send one user message with one audio "
+                "part and an optional system message with context.",
+                param="messages",
+            )
+    if sum(m.role == "user" for m in req.messages) != 1 or len(audio) != 1:
+        raise InvalidRequest(
+            "Send exactly one user message with exactly one audio part "
+            '({"type": "input_audio", "input_audio": {"data": <URL or data URI>}}).',
+            param="messages",
+        )
+    asr = req.asr_options
+    options = TranscribeOptions(
+        language=normalize_code(asr.language), context="\n".join(context), enable_itn=asr.enable_itn
+    )
+    return audio[0], options
+
+
+def _audio_reference(part: ContentPart) -> str | None:
+    if part.input_audio is not None:
+        data = part.input_audio.data.strip()
+        if _URI.match(data):
+            return data
+        # OpenAI's own shape: bare base64 plus a format name; the decoder sniffs the container.
+        return f"data:audio/{part.input_audio.format or 'unknown'};base64,{data}"
+    if isinstance(part.audio_url, AudioUrl):
+        return part.audio_url.url
+    return part.audio_url
+
+
+@dataclass(frozen=True)
+class ChatMeta:
+    """What every response or chunk of one completion repeats."""
+
+    id: str
+    created: int
+    model: str
+    """The model name the caller sent, echoed."""
+
+    @classmethod
+    def new(cls, model: str) -> ChatMeta:
+        return cls(f"chatcmpl-{uuid.uuid4()}", int(time.time()), model)
+
+
+def audio_seconds(duration_s: float) -> int:
+    """Billed seconds as the cloud reports them: partial seconds round up (spec section 7)."""
+    return max(1, math.ceil(duration_s)) if duration_s > 0 else 0
+
+
+def chat_usage(t: Transcript, completion_tokens: int) -> dict[str, Any]:
+    audio, context = t.usage.audio_tokens, t.usage.context_tokens
+    return {
+        "prompt_tokens": audio + context,
+        "completion_tokens": completion_tokens,
+        "total_tokens": audio + context + completion_tokens,
+        "prompt_tokens_details": {"audio_tokens": audio, "text_tokens": context},
+        "completion_tokens_details": {"text_tokens": completion_tokens},
+        "seconds": audio_seconds(t.duration_s),
+    }
+
+
+def language_annotations(language: str) -> list[dict[str, str]]:
+    """The language annotation. No `emotion`: the open model does not predict one."""
+    return [{"type": "audio_info", "language": language}]
+
+
+def chat_completion(meta: ChatMeta, t: Transcript, completion_tokens: int) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": t.text}
+    if t.language:
+        message["annotations"] = language_annotations(t.language)
+    return {
+        "id": meta.id,
+        "object": "chat.completion",
+        "created": meta.created,
+        "model": meta.model,
+        "choices": [{"index": 0, "message": message, "finish_reason": t.finish_reason, "logprobs": None}],
+        "usage": chat_usage(t, completion_tokens),
+    }
+
+
+class ChatStream:
+    """Turns the pipeline's items into `chat.completion.chunk` bodies (spec section 8): a first chunk
+    with the role, the language annotation once it is known, text deltas, a chunk with
+    `finish_reason`, and with `include_usage` a last chunk with `choices: []` and the usage."""
+
+    def __init__(self, meta: ChatMeta, include_usage: bool, count_tokens: CountTokens) -> None:
+        self.meta = meta
+        self.include_usage = include_usage
+        self.count_tokens = count_tokens
+        self._opened = False
+        self._language_sent = False
+
+    def chunks(self, item: Delta | Transcript) -> list[dict[str, Any]]:
+        out = [] if self._opened else [self._chunk({"role": "assistant", "content": ""})]
+        self._opened = True
+        delta = self._language(item.language)
+        if isinstance(item, Transcript):
+            out.append(self._chunk(delta, finish_reason=item.finish_reason))
+            if self.include_usage:
+                out.append(self._usage_chunk(chat_usage(item, self.count_tokens(item.text))))
+        elif item.text or delta:
+            out.append(self._chunk({**delta, "content": item.text}))
+        return out
+
+    def _language(self, language: str | None) -> dict[str, Any]:
+        if not language or self._language_sent:
+            return {}
+        self._language_sent = True
+        return {"annotations": language_annotations(language)}
+
+    def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        return {**self._head(), "choices": [choice], "usage": None}
+
+    def _usage_chunk(self, usage: dict[str, Any]) -> dict[str, Any]:
+        return {**self._head(), "choices": [], "usage": usage}
+
+    def _head(self) -> dict[str, Any]:
+        m = self.meta
+        return {"id": m.id, "object": "chat.completion.chunk", "created": m.created, "model": m.model}
+
+
+# --- audio transcriptions ----------------------------------------------------------------------------
+
+ResponseFormat = Literal["json", "text", "srt", "vtt", "verbose_json"]
+
+
+class TranscriptionForm(_Lenient):
+    """The form fields of `POST /v1/audio/transcriptions` (the file part is the route's)."""
+
+    model: str
+    language: str | None = None
+    """ISO code to force, e.g. `en`; empty or absent: detect."""
+    prompt: str = ""
+    """Used as context (hotwords, names, domain text), like the chat system message."""
+    response_format: ResponseFormat = "json"
+    temperature: float = Field(0.0, ge=0.0, le=1.0)
+    """Validated, then not used: decoding is always greedy, so the same audio gives the same text."""
+    timestamp_granularities: list[Literal["segment", "word"]] = []
+    stream: bool = False
+    enable_itn: bool = False
+    """qasr extension (the cloud's `asr_options.enable_itn`): spoken numbers as digits, zh and en."""
+
+
+_LIST_FIELDS = frozenset({"timestamp_granularities"})
+
+
+def parse_transcription_form(fields: Mapping[str, list[str]]) -> TranscriptionForm:
+    """Validate the form's text fields (every value of each name); raise `InvalidRequest`.
+
+    `timestamp_granularities[]` is the SDK's field name (repeated per value); the bare name is accepted
+    too. Other fields take their last value. Empty values count as absent, as curl users send
+    `-F language=` to mean "detect".
+    """
+    data: dict[str, str | list[str]] = {}
+    for name, values in fields.items():
+        key, present = name.removesuffix("[]"), [v for v in values if v != ""]
+        if present:
+            data[key] = [*data.get(key, []), *present] if key in _LIST_FIELDS else present[-1]
+    if not data.get("model"):
+        raise InvalidRequest("Missing `model`: use qwen3-asr-flash.", param="model")
+    form = _validate(TranscriptionForm, data)
+    if "word" in form.timestamp_granularities:
+        raise InvalidRequest(
+            "Word timestamps are not supported yet; use timestamp_granularities[]=segment.",
+            param="timestamp_granularities",
+        )
+    if form.stream and form.response_format not in ("json", "text"):
+        raise InvalidRequest(
+            "A stream carries text events only: use response_format json or text with stream=true.",
+            param="response_format",
+        )
+    return form
+
+
+def transcription_options(form: TranscriptionForm) -> TranscribeOptions:
+    return TranscribeOptions(
+        language=normalize_code(form.language), context=form.prompt, enable_itn=form.enable_itn
+    )
+
+
+def transcription_usage(t: Transcript, output_tokens: int) -> dict[str, Any]:
+    """Token usage in the `tokens` shape of OpenAI's transcription usage."""
+    audio, context = t.usage.audio_tokens, t.usage.context_tokens
+    return {
+        "type": "tokens",
+        "input_tokens": audio + context,
+        "input_token_details": {"audio_tokens": audio, "text_tokens": context},
+        "output_tokens": output_tokens,
+        "total_tokens": audio + context + output_tokens,
+    }
+
+
+def transcription_json(t: Transcript, output_tokens: int) -> dict[str, Any]:
+    """`json`: OpenAI's `text` and `usage`, plus `language` (a code, or null when no speech was heard)
+    and `languages` (every language detected, longest first)."""
+    return {
+        "text": t.text,
+        "language": t.language,
+        "languages": [{"code": code} for code in t.languages],
+        "usage": transcription_usage(t, output_tokens),
+    }
+
+
+def transcription_verbose(t: Transcript) -> dict[str, Any]:
+    """`verbose_json`. `language` is a code (`en`), not OpenAI's name (`english`), as everywhere in
+    qasr; null when no speech was heard. Segments carry only what the pipeline measures (id, start,
+    end, text): no log-probabilities or compression ratios are made up."""
+    return {
+        "task": "transcribe",
+        "language": t.language,
+        "duration": round(t.duration_s, 3),
+        "text": t.text,
+        "segments": [
+            {"id": k, "start": round(s.start_s, 3), "end": round(s.end_s, 3), "text": s.text}
+            for k, s in enumerate(t.segments)
+        ],
+        "usage": {"type": "duration", "seconds": audio_seconds(t.duration_s)},
+    }
+
+
+TEXT_FORMATS: dict[str, tuple[Callable[[Transcript], str], str]] = {
+    # `text` ends with a newline like any text file; srt has no registered type, x-subrip is common.
+    "text": (lambda t: t.text + "\n", "text/plain; charset=utf-8"),
+    "srt": (lambda t: to_srt(t.segments), "application/x-subrip; charset=utf-8"),
+    "vtt": (lambda t: to_vtt(t.segments), "text/vtt; charset=utf-8"),
+}
+"""Renderer and content type of each response format that is not JSON."""
+
+
+def transcription_events(item: Delta | Transcript, count_tokens: CountTokens) -> list[dict[str, Any]]:
+    """OpenAI's transcription stream events: `transcript.text.delta` per piece of text, then one
+    `transcript.text.done` with the whole text and the usage."""
+    if isinstance(item, Transcript):
+        done: dict[str, Any] = {"type": "transcript.text.done", "text": item.text}
+        done["languages"] = [{"code": code} for code in item.languages]
+        done["usage"] = transcription_usage(item, count_tokens(item.text))
+        return [done]
+    return [{"type": "transcript.text.delta", "delta": item.text}] if item.text else []
+
+
+def model_list(served_model_name: str) -> dict[str, Any]:
+    model = {"id": served_model_name, "object": "model", "created": int(time.time()), "owned_by": "qasr"}
+    return {"object": "list", "data": [model]}

@@ -1,0 +1,164 @@
+"""OpenAI routes: chat completions (DashScope's compatible mode), audio transcriptions, the model list.
+
+Each is served under `/v1` and `/compatible-mode/v1`, so one `base_url` works for all of them.
+Handlers convert the wire request, call the pipeline and render; every error becomes one OpenAI error
+body in `_OpenAIRoute`, through the one table in `qasr.api.errors`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+
+from qasr.api.errors import openai_body
+from qasr.api.openai import protocol
+from qasr.api.routing import guarded_route, openai_error
+from qasr.api.services import Services, services
+from qasr.audio.decode import check_size
+from qasr.errors import InvalidRequest
+from qasr.types import Delta, Transcript
+
+PREFIXES = ("/v1", "/compatible-mode/v1")
+_DONE = b"data: [DONE]\n\n"
+_MAX_FORM_FIELDS = 32
+
+
+router = APIRouter(route_class=guarded_route(openai_error))
+
+
+async def chat_completions(request: Request) -> Response:
+    """One audio in, its transcript as the assistant message; `stream: true` for SSE chunks."""
+    svc = services(request)
+    api_key = svc.check_key(request)
+    try:
+        body = json.loads(await request.body())
+    except ValueError:
+        raise InvalidRequest("The request body is not valid JSON.") from None
+    req = protocol.parse_chat_request(body)
+    model = svc.check_model(req.model)
+    audio, options = protocol.chat_to_domain(req)
+    svc.check_context(options.context)
+    policy = svc.source_policy(api_key, model)
+    meta = protocol.ChatMeta.new(req.model)
+    if not req.stream:
+        work = svc.transcriber.transcribe(audio, options, svc.settings.sync_limits, policy)
+        transcript = await svc.bounded(request, work)
+        return JSONResponse(protocol.chat_completion(meta, transcript, svc.count_tokens(transcript.text)))
+    items = svc.transcriber.stream(audio, options, svc.settings.sync_limits, policy)
+    # Run up to the first result before answering 200, so input errors are plain JSON errors.
+    first = await items.__anext__()
+    include_usage = req.stream_options is not None and req.stream_options.include_usage
+    chat = protocol.ChatStream(meta, include_usage, svc.count_tokens)
+    return _event_stream(first, items, chat.chunks)
+
+
+async def transcriptions(request: Request) -> Response:
+    """OpenAI's `POST /audio/transcriptions`: a multipart form with the audio as `file`.
+
+    `prompt` is used as context. `temperature` is validated (0 to 1) and then not used: decoding is
+    always greedy, so the same audio always gives the same text. `timestamp_granularities[]=segment`
+    is accepted (verbose_json always has segments); `word` is refused until word timestamps exist.
+    """
+    svc = services(request)
+    api_key = svc.check_key(request)
+    form, data = await _read_upload(request, svc)
+    model = svc.check_model(form.model)
+    options = protocol.transcription_options(form)
+    svc.check_context(options.context)
+    policy = svc.source_policy(api_key, model)
+    limits = svc.settings.sync_limits
+    if form.stream:
+        items = svc.transcriber.stream(data, options, limits, policy)
+        first = await items.__anext__()
+        return _event_stream(first, items, lambda item: protocol.transcription_events(item, svc.count_tokens))
+    transcript = await svc.bounded(request, svc.transcriber.transcribe(data, options, limits, policy))
+    fmt = form.response_format
+    if fmt == "json":
+        return JSONResponse(protocol.transcription_json(transcript, svc.count_tokens(transcript.text)))
+    if fmt == "verbose_json":
+        return JSONResponse(protocol.transcription_verbose(transcript))
+    render, media_type = protocol.TEXT_FORMATS[fmt]
+    return Response(render(transcript), media_type=media_type)
+
+
+async def models(request: Request) -> Response:
+    svc = services(request)
+    svc.check_key(request)
+    return JSONResponse(protocol.model_list(svc.settings.served_model_name))
+
+
+for _prefix in PREFIXES:
+    router.add_api_route(f"{_prefix}/chat/completions", chat_completions, methods=["POST"])
+    router.add_api_route(f"{_prefix}/audio/transcriptions", transcriptions, methods=["POST"])
+    router.add_api_route(f"{_prefix}/models", models, methods=["GET"])
+
+
+async def _read_upload(request: Request, svc: Services) -> tuple[protocol.TranscriptionForm, bytes]:
+    """The form's fields, validated, and the file's bytes (refused over `max_audio_bytes` unread)."""
+    if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
+        raise InvalidRequest(
+            "Send a multipart/form-data body: the audio as the file part `file`, plus `model` and options."
+        )
+    try:
+        async with request.form(max_files=1, max_fields=_MAX_FORM_FIELDS) as form:
+            file = form.get("file")
+            fields: dict[str, list[str]] = {}
+            for name, value in form.multi_items():
+                if isinstance(value, str):
+                    fields.setdefault(name, []).append(value)
+            params = protocol.parse_transcription_form(fields)
+            if not isinstance(file, UploadFile):
+                raise InvalidRequest(
+                    "Missing `file`: send the audio as the multipart/form-data file part `file`.",
+                    param="file",
+                )
+            if file.size is not None:
+                check_size(file.size, svc.settings.sync_limits)
+            return params, await file.read()
+    except HTTPException as exc:  # Starlette's answer to a malformed or over-full multipart body
+        raise InvalidRequest(f"The multipart form could not be read: {exc.detail}") from None
+
+
+def _event_stream(
+    first: Delta | Transcript,
+    items: AsyncIterator[Delta | Transcript],
+    events: Callable[[Delta | Transcript], list[dict[str, Any]]],
+) -> StreamingResponse:
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(
+        _sse(first, items, events), media_type="text/event-stream; charset=utf-8", headers=headers
+    )
+
+
+async def _sse(
+    first: Delta | Transcript,
+    items: AsyncIterator[Delta | Transcript],
+    events: Callable[[Delta | Transcript], list[dict[str, Any]]],
+) -> AsyncIterator[bytes]:
+    """OpenAI SSE: `data: <json>` events, then `data: [DONE]`. An error after the first byte becomes
+    one `data: {"error": ...}` event (the SDK raises it), then `[DONE]`."""
+    try:
+        item = first
+        while True:
+            for event in events(item):
+                yield _frame(event)
+            if isinstance(item, Transcript):
+                break
+            item = await items.__anext__()
+    except Exception as exc:
+        yield _frame(openai_body(exc)[1])
+    finally:
+        with contextlib.suppress(BaseException):
+            await items.aclose()  # type: ignore[attr-defined]
+    yield _DONE
+
+
+def _frame(body: dict[str, Any]) -> bytes:
+    return f"data: {json.dumps(body, ensure_ascii=False, separators=(',', ':'))}\n\n".encode()
