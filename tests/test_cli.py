@@ -1,0 +1,125 @@
+"""`qasr transcribe` end to end on the tiny model, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qasr.text.subtitles import parse_srt, parse_vtt
+from tests.helpers import synthesize, transcode
+
+
+def _qasr(*args: str, model: Path) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "qasr.cli", "transcribe", *args, "--model", str(model), "--dtype", "float32"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("cli")
+    wav = synthesize("Hello from the command line. This is a test.", root / "hello.wav")
+    files = {"wav": wav}
+    for fmt in ("mp3", "flac"):
+        files[fmt] = root / f"hello.{fmt}"
+        transcode(wav, files[fmt], fmt)
+    files["zh"] = synthesize("欢迎使用语音识别。", root / "zh.mp3", voice="zh", fmt="mp3")
+    files["bad"] = root / "broken.mp3"
+    files["bad"].write_bytes(b"ID3" + os.urandom(2000))
+    return files
+
+
+def test_several_formats_json_and_a_failure(inputs: dict[str, Path], tiny_dir: Path) -> None:
+    order = ["wav", "mp3", "bad", "flac", "zh"]
+    done = _qasr(*[str(inputs[k]) for k in order], "--format", "json", model=tiny_dir)
+    assert done.returncode == 1  # one input failed...
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [Path(x["input"]).name for x in lines] == [
+        "hello.wav",
+        "hello.mp3",
+        "hello.flac",
+        "zh.mp3",
+    ]  # ...the rest ran
+    for item in lines:
+        assert item["text"] and item["duration"] > 1.0 and item["segments"]
+        assert set(item) == {"input", "language", "text", "duration", "segments"}
+    assert "broken.mp3" in done.stderr and "not audio" in done.stderr
+    assert "file/s" in done.stderr or "100%" in done.stderr  # the progress bar for several files
+
+
+def test_subtitles_and_text(inputs: dict[str, Path], tiny_dir: Path) -> None:
+    srt = _qasr(str(inputs["wav"]), "--format", "srt", model=tiny_dir)
+    assert srt.returncode == 0, srt.stderr
+    cues = parse_srt(srt.stdout)
+    assert cues and all(c.start_s < c.end_s for c in cues)
+    vtt = _qasr(
+        str(inputs["wav"]), "--format", "vtt", "--language", "en", "--context", "Qwen", model=tiny_dir
+    )
+    assert vtt.stdout.startswith("WEBVTT") and parse_vtt(vtt.stdout)
+    text = _qasr(str(inputs["wav"]), model=tiny_dir)
+    assert text.returncode == 0 and text.stdout.strip()
+    # subtitles carry the same words as the plain text, only split into cues and lines
+    assert "".join("".join(c.text for c in cues).split()) == "".join(text.stdout.split())
+
+
+def test_clear_errors(tiny_dir: Path, tmp_path: Path) -> None:
+    missing = _qasr(str(tmp_path / "nope.wav"), model=tiny_dir)
+    assert missing.returncode == 1 and "nope.wav" in missing.stderr
+    bad_lang = _qasr(str(tmp_path / "x.wav"), "--language", "xx", model=tiny_dir)
+    assert bad_lang.returncode == 2 and "Unknown language" in bad_lang.stderr
+    no_model = _qasr(str(tmp_path / "x.wav"), model=tmp_path / "no-model")
+    assert no_model.returncode == 2 and "does not exist" in no_model.stderr
+
+
+def _long_wav(path: Path, speech: Path, hours: float) -> None:
+    """Speech, 3 s of silence, repeated for `hours`, written as an 8 kHz WAV without holding it in memory."""
+    with wave.open(str(speech)) as src:
+        rate, pcm = src.getframerate(), np.frombuffer(src.readframes(src.getnframes()), dtype=np.int16)
+    voice = pcm[:: max(1, rate // 8000)]
+    unit = np.concatenate([voice, np.zeros(3 * 8000, dtype=np.int16)]).tobytes()
+    repeats = int(hours * 3600 * 8000 * 2 / len(unit))
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(8000)
+        for _ in range(repeats):
+            out.writeframesraw(unit)
+
+
+def _peak_rss_mb(args: list[str], model: Path) -> tuple[float, subprocess.CompletedProcess[str]]:
+    code = (
+        "import resource, subprocess, sys; p = subprocess.run(sys.argv[1:], capture_output=True, text=True);"
+        "sys.stdout.write(p.stdout); sys.stderr.write(p.stderr);"
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(p.returncode)"
+    )
+    cmd = [sys.executable, "-c", code, sys.executable, "-m", "qasr.cli", "transcribe", *args]
+    cmd += ["--model", str(model), "--dtype", "float32", "--format", "json"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    return int(done.stderr.strip().splitlines()[-1]) / 1024, done
+
+
+@pytest.mark.slow
+def test_two_hour_file_in_bounded_memory(inputs: dict[str, Path], tiny_dir: Path, tmp_path: Path) -> None:
+    short, long = tmp_path / "short.wav", tmp_path / "long.wav"
+    _long_wav(short, inputs["wav"], hours=60 / 3600)
+    _long_wav(long, inputs["wav"], hours=2.0)
+    short_mb, short_run = _peak_rss_mb([str(short)], tiny_dir)
+    long_mb, long_run = _peak_rss_mb([str(long)], tiny_dir)
+    assert short_run.returncode == 0 and long_run.returncode == 0, long_run.stderr
+    result = json.loads(long_run.stdout)
+    assert result["duration"] == pytest.approx(7200, abs=10)
+    starts = [s["start"] for s in result["segments"]]
+    assert starts == sorted(starts) and len(starts) > 500
+    assert all(0 <= s["start"] < s["end"] <= result["duration"] + 0.01 for s in result["segments"])
+    decoded_mb = 7200 * 16000 * 4 / 2**20  # what holding the decoded audio would cost: 439 MB
+    print(
+        f"\npeak RSS: 1-minute file {short_mb:.0f} MB, 2-hour file {long_mb:.0f} MB (decoded 2 h = {decoded_mb:.0f} MB)"
+    )
+    assert long_mb < short_mb + decoded_mb / 4  # memory does not grow with the duration
