@@ -188,6 +188,16 @@ def test_original_config_translation_keeps_dims(tiny_original_dir: Path) -> None
     assert config["text_config"]["rope_parameters"]["rope_type"] == "default"
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "auto"])
+def test_reduced_precision_runs_end_to_end(dtype: str, tiny_dir: Path) -> None:
+    """bf16 is what `auto` picks on GPUs and on CPUs with AVX512_BF16/AMX: the whole path must run in it."""
+    engine = Qwen3ASREngine.load(str(tiny_dir), device="cpu", dtype=dtype)
+    engine.warmup()
+    result = engine.transcribe([EngineRequest(noise(2.0)), EngineRequest(noise(1.0, seed=1))])
+    assert [r.audio_tokens for r in result] == [26, 13]
+    assert all(r.output_tokens > 0 for r in result)
+
+
 def test_auto_dtype(monkeypatch: pytest.MonkeyPatch) -> None:
     from qasr.engine import loading
 

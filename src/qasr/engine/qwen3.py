@@ -130,7 +130,10 @@ class Qwen3ASREngine:
         audio = [np.asarray(r.samples, dtype=np.float32) for r in requests]
         inputs = self.processor(text=prompts, audio=audio, sampling_rate=SAMPLE_RATE)
         inputs.pop("num_audio_tokens", None)
-        return inputs.to(self.loaded.device)
+        inputs = inputs.to(self.loaded.device)
+        # The feature extractor gives float32; the audio tower runs in the model's dtype (bf16 on GPU).
+        inputs["input_features"] = inputs["input_features"].to(self.loaded.dtype)
+        return inputs
 
     # --- generation --------------------------------------------------------------------------------
 
