@@ -20,7 +20,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # A server logs its requests; a one-off transcription stays quiet unless asked.
     quiet = args.command == "transcribe" and not args.verbose
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s:     %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s:     %(message)s"
+    )
     try:
         settings = _settings(args)
         if args.command == "serve":

@@ -97,8 +97,10 @@ class Settings(BaseSettings):
     """Key that signs upload policies; None: a random key per process."""
 
     # --- long audio --------------------------------------------------------------------------------
-    segment_max_s: float = 25.0
-    """Longest segment sent to the model; long audio is cut at pauses into segments up to this."""
+    segment_max_s: float = 20.0
+    """Longest segment sent to the model; long audio is cut at pauses into segments up to this. 20 s:
+    in the 20-30 s range where the model keeps tens of seconds of context, the cheapest measured on CPU
+    (shorter segments batch better and attention grows with length; bench/RESULTS.md)."""
     vad: bool = True
     """Voice-activity detection: silence is never sent to the model. Off: fixed windows, no gating."""
 

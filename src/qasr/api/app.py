@@ -72,12 +72,14 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
 
 def load_engine(settings: Settings) -> Engine:
     from qasr.engine.qwen3 import Qwen3ASREngine
+    from qasr.text import itn
 
     engine = Qwen3ASREngine.load(
         settings.model, settings.device, settings.dtype, settings.quantize, settings.threads
     )
     if settings.warmup:
         engine.warmup()
+        itn.warm_up()  # compiles (first start) or loads the cached grammars before the first request
     return engine
 
 

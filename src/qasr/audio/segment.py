@@ -42,7 +42,7 @@ _FEED_SAMPLES = 1 << 16
 class SegmentationOptions:
     """How audio is cut into segments. Defaults suit Qwen3-ASR on ordinary speech."""
 
-    max_segment_s: float = 25.0
+    max_segment_s: float = 20.0
     """Longest segment in seconds, padding included (at least 1 s)."""
     min_silence_ms: int = 1000
     """A pause at least this long ends a segment; shorter pauses stay inside it."""
