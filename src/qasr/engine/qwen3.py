@@ -90,6 +90,7 @@ class Qwen3ASREngine:
             from qasr.engine.quantize import quantize_int8
 
             loaded.model = quantize_int8(loaded.model, loaded.device)
+            loaded.dtype = torch.float32  # int8 kernels take fp32 activations; the rest runs in fp32
         return cls(loaded, name=model, options=options)
 
     # --- prompt ----------------------------------------------------------------------------------
