@@ -123,3 +123,19 @@ def test_two_hour_file_in_bounded_memory(inputs: dict[str, Path], tiny_dir: Path
         f"\npeak RSS: 1-minute file {short_mb:.0f} MB, 2-hour file {long_mb:.0f} MB (decoded 2 h = {decoded_mb:.0f} MB)"
     )
     assert long_mb < short_mb + decoded_mb / 4  # memory does not grow with the duration
+
+
+def test_serve_refusals_are_one_clear_line(tmp_path: Path) -> None:
+    def serve(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "qasr.cli", "serve", "--port", "1", *args]
+        return subprocess.run(
+            cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+        )
+
+    open_net = serve("--host", "0.0.0.0", "--model", str(tmp_path))
+    assert open_net.returncode == 2 and "without API keys" in open_net.stderr
+    offline = serve("--model", "Qwen/Qwen3-ASR-0.6B-hf")
+    assert offline.returncode == 2 and "Traceback" not in offline.stderr
+    assert offline.stderr.startswith(
+        "qasr: Model Qwen/Qwen3-ASR-0.6B-hf is not in the local Hugging Face cache"
+    )

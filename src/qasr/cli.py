@@ -149,8 +149,13 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    from qasr.api.app import load_engine
+
+    # Load before the server starts: a model that cannot be had is one clear line and exit code 2,
+    # not a traceback inside uvicorn's start-up.
+    engine = load_engine(settings)
     # log_config=None: uvicorn logs through the same root handler as qasr, one format for both.
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None)
+    uvicorn.run(create_app(settings, engine), host=settings.host, port=settings.port, log_config=None)
     return 0
 
 
