@@ -3,6 +3,7 @@ the one table in `qasr.api.errors`; handlers carry no try/except of their own.""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -12,6 +13,7 @@ from fastapi.routing import APIRoute
 
 from qasr.api.errors import dashscope_body, openai_body
 from qasr.api.services import new_request_id
+from qasr.errors import InvalidRequest
 
 Render = Callable[[Request, BaseException], Response]
 
@@ -21,6 +23,14 @@ def request_id(request: Request) -> str:
     rid: str = getattr(request.state, "request_id", None) or new_request_id()
     request.state.request_id = rid
     return rid
+
+
+async def read_json(request: Request) -> Any:
+    """The request body as JSON, or `InvalidRequest` (both dialects answer it in their own shape)."""
+    try:
+        return json.loads(await request.body())
+    except ValueError:
+        raise InvalidRequest("The request body is not valid JSON.") from None
 
 
 def dashscope_error(request: Request, exc: BaseException) -> JSONResponse:

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from qasr.api.dashscope import protocol
 from qasr.api.errors import dashscope_body
-from qasr.api.routing import dashscope_error, guarded_route, request_id
+from qasr.api.routing import dashscope_error, guarded_route, read_json, request_id
 from qasr.api.services import Services, services
 from qasr.errors import InvalidRequest
 from qasr.types import Delta, Transcript
@@ -35,10 +35,7 @@ async def generation(request: Request) -> Response:
     svc = services(request)
     rid = request_id(request)
     api_key = svc.check_key(request)
-    try:
-        body = json.loads(await request.body())
-    except ValueError:
-        raise InvalidRequest("The request body is not valid JSON.") from None
+    body = await read_json(request)
     req = protocol.parse_request(body)
     model = svc.check_model(req.model)
     audio, options = protocol.to_domain(req)

@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException
 
 from qasr.api.errors import openai_body
 from qasr.api.openai import protocol
-from qasr.api.routing import guarded_route, openai_error
+from qasr.api.routing import guarded_route, openai_error, read_json
 from qasr.api.services import Services, services
 from qasr.audio.decode import check_size
 from qasr.errors import InvalidRequest
@@ -37,10 +37,7 @@ async def chat_completions(request: Request) -> Response:
     """One audio in, its transcript as the assistant message; `stream: true` for SSE chunks."""
     svc = services(request)
     api_key = svc.check_key(request)
-    try:
-        body = json.loads(await request.body())
-    except ValueError:
-        raise InvalidRequest("The request body is not valid JSON.") from None
+    body = await read_json(request)
     req = protocol.parse_chat_request(body)
     model = svc.check_model(req.model)
     audio, options = protocol.chat_to_domain(req)
