@@ -1,26 +1,30 @@
-"""Dynamic int8 quantization of a loaded model's Linear layers, for CPU serving.
+"""Dynamic int8 quantization of the text decoder's Linear layers, for CPU serving.
 
-Decoding on CPU is memory-bandwidth-bound: each generated token streams every weight once, so
-halving the bytes per weight nearly halves the step (DESIGN.md, "Measured costs": 0.6B bf16 139 ms
-per token, int8 64 ms). "Dynamic" means the weights are stored as int8 ahead of time, and each
-activation is quantized on the fly per call, so no calibration data is needed.
+Decoding on CPU is memory-bandwidth-bound: each generated token streams every decoder weight once,
+so fewer bytes per weight make each step faster (DESIGN.md, "Measured costs"; bench/RESULTS.md: on
+2 cores, 0.6B, 71 ms per decoding step in bf16, 21 ms in int8). "Dynamic" means the weights are
+stored as int8 ahead of time and each activation is quantized on the fly, so no calibration data is
+needed.
 
-Why `torch.ao.quantization.quantize_dynamic`: it is the only path in torch 2.13 that runs the int8
-matmul through fbgemm / oneDNN kernels in eager mode. torch marks it deprecated in favour of torchao,
-but torchao's int8 configs (0.18, measured on this 2-core CPU) run as Python tensor subclasses
-without `torch.compile`, 10-50x slower than fbgemm per Linear (the 151936-row head: 200 ms vs 4 ms).
-When torch finally removes it, this module is the one place to change.
+Why `torch.ao.quantization.quantize_dynamic`: in torch 2.13 it is the only eager-mode path that runs
+the int8 matmul through fbgemm / oneDNN kernels. torch marks it deprecated in favour of torchao, but
+torchao's int8 configs (0.18, measured on a 2-core CPU) run as Python tensor subclasses without
+`torch.compile`, 10-50x slower per Linear (the 151936-row head: 200 ms against 4 ms). When torch
+removes it, this module is the one place to change.
 
 What is quantized, and why:
-- Every `nn.Linear`: the text decoder's projections and MLPs (most of the bytes per token), the
-  audio encoder's (run once per clip) and the projector.
+- The text decoder's Linear layers (attention projections and MLPs: most of the bytes per token).
 - The output head (`lm_head`, 151936 x 1024 for 0.6B) too: it is about 20% of a decoding step, and
   in int8 it costs about a seventh of the fp32 head. Weights are quantized per output channel, so
   one row's scale never squashes another's (a per-tensor scale over 151936 rows would).
 - Not the token embeddings: a lookup reads one row per token, so int8 would save memory but no
   time. With tied embeddings (0.6B, 1.7B) the head gets its own int8 copy and the fp32 embedding
   table stays for lookups (about +150 MB for 0.6B, still well under the fp32 model).
-- Not the convolutions, norms or attention scores: a small share of the time, and more sensitive.
+- Not the audio encoder and projector: they run once per clip on hundreds of frames, which is
+  compute-bound, not bandwidth-bound, and they stay in the loaded dtype. In fp32 (which int8
+  kernels would need) the encoder's convolutions made the 10 s prefill about 4x slower than in
+  bf16 on a CPU with AVX512_BF16 (bench/RESULTS.md). A hook casts the encoder's input to its dtype.
+The int8 kernels take fp32 activations, so the text decoder and head are converted to fp32 first.
 """
 
 from __future__ import annotations
@@ -34,27 +38,61 @@ from qasr.errors import ModelLoadError
 
 
 def quantize_int8(model: Any, device: torch.device | str) -> Any:
-    """Replace `model`'s Linear layers with dynamically quantized int8 ones and return the model.
+    """Quantize `model`'s text decoder and output head to dynamic int8 in place and return the model.
 
-    The model is converted to float32 first (the int8 kernels take fp32 activations, and they need
-    fp32 weights to quantize from). CPU only: on a GPU, bf16 is faster and int8 kernels differ.
+    CPU only: on a GPU bf16 is faster, and these int8 kernels are CPU kernels.
     """
     if torch.device(device).type != "cpu":
         raise ModelLoadError("int8 quantization is for CPU; on GPU use bf16.")
     quantize_dynamic = _quantize_dynamic()
     from torch.ao.quantization import per_channel_dynamic_qconfig
 
-    model = model.float().eval()
+    model.eval()
+    text = _text_module_names(model)
+    qconfig = per_channel_dynamic_qconfig
+    for name in text:
+        model.get_submodule(name).float()
     with warnings.catch_warnings():
         # torch 2.13 warns that torch.ao.quantization and quantized tensor creation are deprecated
         # (pytorch/ao#2259); see the module docstring for why this path stays for now.
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.ao\..*")
         warnings.filterwarnings("ignore", message=r".*torch\.ao\.quantization is deprecated.*")
         warnings.filterwarnings("ignore", message=r".*quantize_per_(tensor|channel).*deprecated.*")
-        quantize_dynamic(
-            model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True
-        )
+        # Names select the submodules; the mapping swaps only their Linear layers (the default
+        # mapping would also try the embedding table, which needs a weight-only config).
+        spec = {name: qconfig for name in text} if text != [""] else {torch.nn.Linear: qconfig}
+        mapping = {torch.nn.Linear: torch.ao.nn.quantized.dynamic.Linear}
+        quantize_dynamic(model, spec, dtype=torch.qint8, mapping=mapping, inplace=True)
+    audio = getattr(getattr(model, "model", None), "audio_tower", None)
+    if audio is not None and text != [""]:
+        audio.register_forward_pre_hook(_cast_input_to(_dtype_of(audio)), with_kwargs=True)
     return model
+
+
+def _text_module_names(model: Any) -> list[str]:
+    """The text decoder and the head; `[""]` (the whole model) if it is not laid out as Qwen3-ASR is."""
+    inner = getattr(model, "model", None)
+    decoder = getattr(inner, "language_model", None)
+    head = getattr(model, "lm_head", None)
+    if isinstance(decoder, torch.nn.Module) and isinstance(head, torch.nn.Linear):
+        return ["model.language_model", "lm_head"]
+    return [""]
+
+
+def _dtype_of(module: torch.nn.Module) -> torch.dtype:
+    return next(p.dtype for p in module.parameters() if p.is_floating_point())
+
+
+def _cast_input_to(dtype: torch.dtype) -> Any:
+    def cast(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        def to(value: Any) -> Any:
+            if isinstance(value, torch.Tensor) and value.is_floating_point():
+                return value.to(dtype)
+            return value
+
+        return tuple(to(a) for a in args), {k: to(v) for k, v in kwargs.items()}
+
+    return cast
 
 
 def _quantize_dynamic() -> Any:
