@@ -20,6 +20,8 @@ class Job:
     request: EngineRequest
     on_delta: Callable[[Delta], None] | None = None
     cancelled: Callable[[], bool] | None = None
+    prepared: object | None = None
+    """What the engine's `prepare` made of the request ahead of the batch, if it has one."""
 
 
 class Engine(Protocol):

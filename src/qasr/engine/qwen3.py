@@ -14,8 +14,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers import BatchFeature
 
 from qasr.engine.base import Job
+from qasr.engine.features import PreparedClip, audio_token_count, collate, prepare_clip
 from qasr.engine.loading import LoadedModel, load
 from qasr.engine.output import TextAssembler
 from qasr.text.languages import forceable_name
@@ -71,6 +73,8 @@ class Qwen3ASREngine:
         self._lock = threading.Lock()
         self._end_ids = set(self._eos_ids())
         self._audio_pad_id = self.tokenizer.convert_tokens_to_ids("<|audio_pad|>")
+        pad = self.tokenizer.pad_token_id
+        self._pad_id = int(pad if pad is not None else self.tokenizer.convert_tokens_to_ids("<|endoftext|>"))
 
     @classmethod
     def load(
@@ -111,28 +115,27 @@ class Qwen3ASREngine:
 
     def count_audio_tokens(self, num_samples: int) -> int:
         """13 tokens per full second (100 mel frames), plus the partial second's share."""
-        frames = max(1, num_samples // self.processor.feature_extractor.hop_length)
-        chunk = 100
-        rem = frames % chunk
-        tokens = (frames // chunk) * 13
-        if rem:
-            after = rem
-            for _ in range(3):
-                after = (after - 1) // 2 + 1
-            tokens += after
-        return tokens
+        extractor = self.processor.feature_extractor
+        num_samples = max(num_samples, int(getattr(extractor, "min_length", 0) or 0))
+        return audio_token_count(max(1, num_samples // extractor.hop_length))
 
     def count_text_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
 
+    def prepare(self, request: EngineRequest) -> PreparedClip:
+        """Everything about one clip that does not need the model (features, prompt ids).
+
+        Thread-safe and torch-free: the batcher calls it in its preparation thread, in parallel with
+        the model (see `qasr.engine.features`)."""
+        return prepare_clip(self.prompt(request.context, request.language), request.samples, self.processor)
+
     def build_inputs(self, requests: Sequence[EngineRequest]) -> Any:
         """Tokenized prompts and audio features for a batch (left-padded), on the model's device."""
-        prompts = [self.prompt(r.context, r.language) for r in requests]
-        audio = [np.asarray(r.samples, dtype=np.float32) for r in requests]
-        inputs = self.processor(text=prompts, audio=audio, sampling_rate=SAMPLE_RATE)
-        inputs.pop("num_audio_tokens", None)
-        inputs = inputs.to(self.loaded.device)
-        # The feature extractor gives float32; the audio tower runs in the model's dtype (bf16 on GPU).
+        return self.collate([self.prepare(r) for r in requests])
+
+    def collate(self, clips: Sequence[PreparedClip]) -> Any:
+        inputs = BatchFeature(collate(clips, self._pad_id)).to(self.loaded.device)
+        # The features are float32; the audio tower runs in the model's dtype (bf16 on GPU).
         inputs["input_features"] = inputs["input_features"].to(self.loaded.dtype)
         return inputs
 
@@ -146,9 +149,11 @@ class Qwen3ASREngine:
     def run(self, jobs: Sequence[Job]) -> list[EngineResult]:
         if not jobs:
             return []
-        requests = [job.request for job in jobs]
-        inputs = self.build_inputs(requests)
-        return self.generate(inputs, jobs)
+        clips = [
+            job.prepared if isinstance(job.prepared, PreparedClip) else self.prepare(job.request)
+            for job in jobs
+        ]
+        return self.generate(self.collate(clips), jobs)
 
     def generate(self, inputs: Any, jobs: Sequence[Job]) -> list[EngineResult]:
         """Run generate on prepared inputs; the tracker does all per-row work as tokens arrive.
