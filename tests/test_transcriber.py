@@ -153,3 +153,31 @@ def test_whole_file_language_is_the_longest_spoken() -> None:
     t = collector.transcript(AudioInfo(16.0, "wav", "pcm_s16le", 16000, 1))
     assert t.language == "en" and t.languages == ("en", "zh")
     assert t.text == "x x x x"
+
+
+def test_the_announced_segment_is_released_whatever_happens(
+    engine: Qwen3ASREngine, speech_with_pauses: tuple
+) -> None:
+    """The transcriber reserves a batch slot for its first segment (`Batcher.reserve`); after a
+    transcription with speech, one with only silence, and one that fails to decode, none is left
+    open (an open one would make every partial batch wait its `max_hold_ms`)."""
+    from qasr.errors import AudioDecodeError
+
+    path, _ = speech_with_pauses
+
+    async def main() -> Batcher:
+        batcher = Batcher(_Counting(engine))  # type: ignore[arg-type]
+        batcher.start()
+        try:
+            transcriber = Transcriber(batcher)
+            speech = await transcriber.transcribe(path.read_bytes(), TranscribeOptions())
+            assert speech.text
+            silence = await transcriber.transcribe(_wav(np.zeros(16000 * 3, np.float32)), TranscribeOptions())
+            assert silence.text == ""
+            with pytest.raises(AudioDecodeError):
+                await transcriber.transcribe(b"not audio at all" * 100, TranscribeOptions())
+            return batcher
+        finally:
+            batcher.close()
+
+    assert asyncio.run(main()).arriving == 0

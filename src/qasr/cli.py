@@ -88,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--max-batch-size", type=int)
     s.add_argument("--max-wait-ms", type=float)
     s.add_argument("--max-queue", type=int)
+    s.add_argument("--max-hold-ms", type=float, help="wait for requests being decoded (default 200)")
     s.add_argument(
         "--allow-open-network",
         action="store_true",
@@ -116,6 +117,7 @@ _SETTING_ARGS = [
     "max_batch_size",
     "max_wait_ms",
     "max_queue",
+    "max_hold_ms",
 ]
 
 
@@ -150,10 +152,11 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         )
         return 2
     from qasr.api.app import load_engine
+    from qasr.engine.threads import in_passing_thread
 
     # Load before the server starts: a model that cannot be had is one clear line and exit code 2,
-    # not a traceback inside uvicorn's start-up.
-    engine = load_engine(settings)
+    # not a traceback inside uvicorn's start-up. In a thread that ends: see qasr.engine.threads.
+    engine = in_passing_thread(lambda: load_engine(settings))
     # log_config=None: uvicorn logs through the same root handler as qasr, one format for both.
     uvicorn.run(create_app(settings, engine), host=settings.host, port=settings.port, log_config=None)
     return 0
@@ -171,13 +174,15 @@ def _transcribe(settings: Settings, args: argparse.Namespace) -> int:
 async def _transcribe_all(settings: Settings, inputs: list[str], options: Any, fmt: str) -> int:
     from tqdm import tqdm
 
-    from qasr.api.app import load_engine, pipeline_options
+    from qasr.api.app import batch_policy, load_engine, pipeline_options
     from qasr.audio.sources import SourcePolicy
-    from qasr.engine.batcher import Batcher, BatchPolicy
+    from qasr.engine.batcher import Batcher
+    from qasr.engine.threads import in_passing_thread
     from qasr.transcriber import Transcriber
 
-    engine = await asyncio.to_thread(load_engine, settings.model_copy(update={"warmup": False}))
-    batcher = Batcher(engine, BatchPolicy(settings.max_batch_size, settings.max_wait_ms, settings.max_queue))
+    quiet = settings.model_copy(update={"warmup": False})
+    engine = await asyncio.to_thread(in_passing_thread, lambda: load_engine(quiet))
+    batcher = Batcher(engine, batch_policy(settings))
     batcher.start()
     # The local user may read any of their files; no duration or size limits apply to the CLI.
     policy = SourcePolicy(allow_any_local=True, timeout_s=settings.download_timeout_s)

@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     """How long the batcher waits for more requests before running a partial batch."""
     max_queue: int = 64
     """Requests waiting for the model beyond this are refused with 429."""
+    max_hold_ms: float = 200.0
+    """How long a partial batch may wait for requests already being decoded (see `qasr.engine.batcher`)."""
 
     # --- server ------------------------------------------------------------------------------------
     host: str = "127.0.0.1"

@@ -22,7 +22,7 @@ from qasr.audio.decode import AudioStream
 from qasr.audio.segment import SegmentationOptions, segment_stream
 from qasr.audio.sources import SourcePolicy, fetch_source
 from qasr.audio.vad import VoiceActivityDetector
-from qasr.engine.batcher import Batcher
+from qasr.engine.batcher import Batcher, Reservation
 from qasr.text.join import join_texts
 from qasr.text.sentences import SentenceItn
 from qasr.types import (
@@ -104,19 +104,21 @@ class Transcriber:
         consumer cancels the model work of every segment in flight.
         """
         data = await fetch_source(source, policy, limits)
-        audio = await asyncio.to_thread(AudioStream, data, limits)
-        segments = _SegmentFeed(audio, self.vad, self.options)
-        collector = _Collector()
-        try:
-            segments.start()
-            async for item in self._run_segments(segments, options, collector, progress):
-                yield item
-            info = audio.info
-        finally:
-            segments.stop()
-            # Synchronous on purpose: it is quick and thread-safe, and an await here would be skipped
-            # when the consumer was cancelled (a client that hung up), leaking the open input.
-            audio.close()
+        # From here a segment is on its way: a partial batch may wait a moment for it (Batcher).
+        with self.batcher.reserve() as coming:
+            audio = await asyncio.to_thread(AudioStream, data, limits)
+            segments = _SegmentFeed(audio, self.vad, self.options)
+            collector = _Collector()
+            try:
+                segments.start()
+                async for item in self._run_segments(segments, options, collector, progress, coming):
+                    yield item
+                info = audio.info
+            finally:
+                segments.stop()
+                # Synchronous on purpose: it is quick and thread-safe, and an await here would be
+                # skipped when the consumer was cancelled (a client that hung up), leaking the input.
+                audio.close()
         yield collector.transcript(info)
 
     async def _run_segments(
@@ -125,8 +127,11 @@ class Transcriber:
         options: TranscribeOptions,
         collector: _Collector,
         progress: ProgressCallback | None,
+        coming: Reservation,
     ) -> AsyncIterator[Delta]:
-        """Submit segments as they arrive, a few at a time; release each one's deltas in order."""
+        """Submit segments as they arrive, a few at a time; release each one's deltas in order.
+
+        The first segment's submit uses the `coming` reservation; the feed's end releases it."""
         in_flight: list[_SegmentJob] = []
         exhausted = False
         try:
@@ -137,8 +142,9 @@ class Transcriber:
                     item = await feed.next()
                     if item is None:
                         exhausted = True
+                        coming.release()
                         break
-                    in_flight.append(_SegmentJob.start(self.batcher, item, options))
+                    in_flight.append(_SegmentJob.start(self.batcher, item, options, coming))
                 if not in_flight:
                     break
                 head = in_flight.pop(0)
@@ -241,12 +247,16 @@ class _SegmentJob:
 
     @classmethod
     def start(
-        cls, batcher: Batcher, item: tuple[Segment, np.ndarray], options: TranscribeOptions
+        cls,
+        batcher: Batcher,
+        item: tuple[Segment, np.ndarray],
+        options: TranscribeOptions,
+        reservation: Reservation | None = None,
     ) -> _SegmentJob:
         segment, samples = item
         pieces: asyncio.Queue[Delta] = asyncio.Queue()
         request = EngineRequest(samples=samples, context=options.context, language=options.language)
-        task = asyncio.ensure_future(batcher.submit(request, on_delta=pieces.put_nowait))
+        task = asyncio.ensure_future(batcher.submit(request, pieces.put_nowait, reservation))
         return cls(segment, task, pieces, SentenceItn(options.enable_itn))
 
     async def deltas(self, collector: _Collector) -> AsyncIterator[Delta]:

@@ -200,3 +200,91 @@ def test_failed_batch_does_not_kill_the_worker(engine: Qwen3ASREngine) -> None:
             batcher.close()
 
     asyncio.run(main())
+
+
+class _Recording(_GatedEngine):
+    """Also records which thread prepared each request and what reached `run`."""
+
+    def __init__(self, inner: Qwen3ASREngine) -> None:
+        super().__init__(inner)
+        self.prepared_in: list[str] = []
+        self.run_in: list[str] = []
+        self.received: list[object] = []
+
+    def prepare(self, request: EngineRequest) -> object:
+        self.prepared_in.append(threading.current_thread().name)
+        return self.inner.prepare(request)
+
+    def run(self, jobs: Sequence[Job]) -> list[EngineResult]:
+        self.run_in.append(threading.current_thread().name)
+        self.received.extend(job.prepared for job in jobs)
+        return super().run(jobs)
+
+
+def test_inputs_are_prepared_off_the_model_thread_and_the_loop(engine: Qwen3ASREngine) -> None:
+    clips = [noise(s, seed=i) for i, s in enumerate((1.0, 2.5))]
+    expected = engine.transcribe([EngineRequest(c) for c in clips])
+    recording = _Recording(engine)
+    recording.gate.set()
+
+    async def main() -> list[EngineResult]:
+        policy = BatchPolicy(max_batch_size=2, max_wait_ms=0, max_hold_ms=600_000)
+        batcher = Batcher(recording, policy)  # type: ignore[arg-type]
+        batcher.start()
+        try:
+            with batcher.reserve() as second:
+                first = asyncio.ensure_future(batcher.submit(EngineRequest(clips[0])))
+                await asyncio.sleep(0)
+                return [await batcher.submit(EngineRequest(clips[1]), reservation=second), await first]
+        finally:
+            batcher.close()
+
+    second, first = asyncio.run(main())
+    assert [first, second] == expected
+    assert recording.prepared_in == ["qasr-prepare_0"] * 2
+    assert recording.run_in == ["qasr-model-worker"]
+    assert [type(p).__name__ for p in recording.received] == ["PreparedClip"] * 2
+
+
+def test_a_partial_batch_waits_for_a_reserved_request(engine: Qwen3ASREngine) -> None:
+    recording = _Recording(engine)
+    recording.gate.set()
+
+    async def main() -> Batcher:
+        # No wait for company at all, but a long hold for requests known to be coming.
+        policy = BatchPolicy(max_batch_size=4, max_wait_ms=0, max_hold_ms=600_000)
+        batcher = Batcher(recording, policy)  # type: ignore[arg-type]
+        batcher.start()
+        try:
+            coming = batcher.reserve()
+            first = asyncio.ensure_future(batcher.submit(EngineRequest(noise(1.0))))
+            while batcher.queue_depth < 1:
+                await asyncio.sleep(0.01)
+            assert batcher.arriving == 1  # only the reservation: the first request is queued
+            later = batcher.submit(EngineRequest(noise(2.0)), reservation=coming)
+            await asyncio.wait_for(asyncio.gather(first, later), 60)
+            # A reservation that was never used, released: the partial batch goes at once (not after
+            # the 10-minute hold).
+            with batcher.reserve():
+                alone = asyncio.ensure_future(batcher.submit(EngineRequest(noise(1.0))))
+                while batcher.queue_depth < 1:
+                    await asyncio.sleep(0.01)
+            await asyncio.wait_for(alone, 60)
+            return batcher
+        finally:
+            batcher.close()
+
+    batcher = asyncio.run(main())
+    assert recording.batches == [2, 1]  # the two met in one batch although max_wait_ms is 0
+    assert batcher.arriving == 0
+
+
+def test_a_reservation_counts_once() -> None:
+    batcher = Batcher(_GatedEngine.__new__(_GatedEngine))  # type: ignore[arg-type]
+    reservation = batcher.reserve()
+    assert batcher.arriving == 1
+    assert reservation.take()
+    assert not reservation.take()  # a second submit gets its own ticket
+    reservation.release()
+    reservation.release()
+    assert batcher.arriving == 0

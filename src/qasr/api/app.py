@@ -21,6 +21,7 @@ from qasr.api.routing import dashscope_error, openai_error
 from qasr.api.services import Services
 from qasr.engine.base import Engine
 from qasr.engine.batcher import Batcher, BatchPolicy
+from qasr.engine.threads import in_passing_thread
 from qasr.errors import AudioTooLarge, InvalidRequest, ModelNotFound
 from qasr.settings import Settings
 from qasr.transcriber import PipelineOptions, Transcriber
@@ -34,10 +35,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        model: Engine = engine if engine is not None else await asyncio.to_thread(load_engine, settings)
-        batcher = Batcher(
-            model, BatchPolicy(settings.max_batch_size, settings.max_wait_ms, settings.max_queue)
-        )
+        model: Engine = engine if engine is not None else await _load_off_the_loop(settings)
+        batcher = Batcher(model, batch_policy(settings))
         batcher.start()
         transcriber = await asyncio.to_thread(Transcriber, batcher, None, pipeline_options(settings))
         uploads = UploadStore.from_settings(settings)
@@ -81,6 +80,20 @@ def load_engine(settings: Settings) -> Engine:
         engine.warmup()
         itn.warm_up()  # compiles (first start) or loads the cached grammars before the first request
     return engine
+
+
+async def _load_off_the_loop(settings: Settings) -> Engine:
+    # A thread that ends, not a pool thread that lives on with torch's OpenMP team (engine/threads.py).
+    return await asyncio.to_thread(in_passing_thread, lambda: load_engine(settings))
+
+
+def batch_policy(settings: Settings) -> BatchPolicy:
+    return BatchPolicy(
+        max_batch_size=settings.max_batch_size,
+        max_wait_ms=settings.max_wait_ms,
+        max_queue=settings.max_queue,
+        max_hold_ms=settings.max_hold_ms,
+    )
 
 
 def pipeline_options(settings: Settings) -> PipelineOptions:

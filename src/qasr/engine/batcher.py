@@ -6,6 +6,16 @@ most `max_wait_ms` for company, and runs the engine. Deltas flow back to each re
 as the model writes them. A full queue refuses at once (`Overloaded`, HTTP 429); a cancelled request
 leaves its batch at the next token; if the worker dies, every waiting request fails at once and
 `healthy` turns False.
+
+Two things keep batches full without slowing a lone request:
+- Preparation in parallel. Each request's model inputs (features, prompt ids: `engine.prepare`) are
+  computed in the batcher's preparation thread as it arrives, while the model runs the batch before.
+- Arrivals on their way. A caller that knows a request is coming (a transcription whose audio is
+  being decoded) holds a `Reservation`; while reservations or preparations are open, a partial batch
+  waits up to `max_hold_ms` for them instead of `max_wait_ms`. Without this, clients that send their
+  next request together are split by their decoding times: the first one starts a batch of one and
+  the others wait a whole batch (seconds on CPU) for the next. With nothing on its way, a lone
+  request waits only `max_wait_ms`.
 """
 
 from __future__ import annotations
@@ -16,6 +26,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from qasr.engine.base import Engine, Job
@@ -35,6 +46,8 @@ class BatchPolicy:
     """How long a partial batch waits for more requests before it runs."""
     max_queue: int = 64
     """Waiting requests beyond this are refused with `Overloaded`."""
+    max_hold_ms: float = 200.0
+    """How long a partial batch may wait for requests known to be on their way (`Reservation`)."""
 
 
 @dataclass(eq=False)
@@ -43,6 +56,7 @@ class _Pending:
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[EngineResult]
     on_delta: Callable[[Delta], None] | None
+    prepared: object | None = None
     enqueued: float = field(default_factory=time.monotonic)
     cancelled: bool = False
 
@@ -66,6 +80,9 @@ class Batcher:
         """Why the worker died, if it did."""
         self.batches_run = 0
         self.batch_sizes: list[int] = []
+        self._arriving = 0  # open reservations and requests being prepared
+        self._prepare: Callable[[EngineRequest], object] | None = getattr(engine, "prepare", None)
+        self._prep_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qasr-prepare")
 
     # --- lifecycle -----------------------------------------------------------------------------------
 
@@ -79,6 +96,7 @@ class Batcher:
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout=30)
+        self._prep_pool.shutdown(wait=False, cancel_futures=True)
 
     @property
     def healthy(self) -> bool:
@@ -89,26 +107,54 @@ class Batcher:
         with self._cond:
             return len(self._waiting)
 
+    @property
+    def arriving(self) -> int:
+        """Requests announced (`reserve`) or being prepared, not yet in the queue."""
+        with self._cond:
+            return self._arriving
+
     # --- the async side ---------------------------------------------------------------------------------
 
+    def reserve(self) -> Reservation:
+        """Announce a request that will be submitted soon; pass it to `submit`, or `release` it."""
+        with self._cond:
+            self._arriving += 1
+        return Reservation(self)
+
+    def _arrived(self) -> None:
+        with self._cond:
+            self._arriving -= 1
+            self._cond.notify_all()
+
     async def submit(
-        self, request: EngineRequest, on_delta: Callable[[Delta], None] | None = None
+        self,
+        request: EngineRequest,
+        on_delta: Callable[[Delta], None] | None = None,
+        reservation: Reservation | None = None,
     ) -> EngineResult:
         """Queue one clip and wait for its result; `on_delta` runs on the caller's loop per new text.
 
         Cancelling the awaiting task takes the request out of its batch.
         """
-        if not self.healthy:
-            raise EngineUnavailable(self._dead_message())
-        loop = asyncio.get_running_loop()
-        item = _Pending(request, loop, loop.create_future(), on_delta)
-        with self._cond:
-            if len(self._waiting) >= self.policy.max_queue:
-                raise Overloaded(
-                    f"The server is busy ({len(self._waiting)} requests waiting for the model); retry shortly."
-                )
-            self._waiting.append(item)
-            self._cond.notify()
+        ticket = reservation if reservation is not None and reservation.take() else self.reserve()
+        try:
+            if not self.healthy:
+                raise EngineUnavailable(self._dead_message())
+            with self._cond:
+                if len(self._waiting) >= self.policy.max_queue:
+                    raise Overloaded(
+                        f"The server is busy ({len(self._waiting)} requests waiting for the model); retry shortly."
+                    )
+            loop = asyncio.get_running_loop()
+            prepared = None
+            if self._prepare is not None:
+                prepared = await loop.run_in_executor(self._prep_pool, self._prepare, request)
+            item = _Pending(request, loop, loop.create_future(), on_delta, prepared)
+            with self._cond:
+                self._waiting.append(item)
+                ticket.release()  # under the same lock: the worker never sees the request missing
+        finally:
+            ticket.release()
         try:
             return await item.future
         except asyncio.CancelledError:
@@ -139,10 +185,13 @@ class Batcher:
                 self._cond.wait()
             if self._closing:
                 return None
-            # Give concurrent requests a moment to arrive, unless the batch is already full.
-            deadline = self._waiting[0].enqueued + self.policy.max_wait_ms / 1000
+            # Give concurrent requests a moment to arrive, unless the batch is already full; longer
+            # if some are known to be on their way (reserved or being prepared).
+            first = self._waiting[0].enqueued
+            wait_until = first + self.policy.max_wait_ms / 1000
+            hold_until = first + max(self.policy.max_hold_ms, self.policy.max_wait_ms) / 1000
             while len(self._waiting) < self.policy.max_batch_size and not self._closing:
-                remaining = deadline - time.monotonic()
+                remaining = (hold_until if self._arriving > 0 else wait_until) - time.monotonic()
                 if remaining <= 0:
                     break
                 self._cond.wait(remaining)
@@ -169,6 +218,7 @@ class Batcher:
                 p.request,
                 on_delta=self._delta_sender(p) if p.on_delta is not None else None,
                 cancelled=lambda p=p: p.cancelled,  # type: ignore[misc]
+                prepared=p.prepared,
             )
             for p in live
         ]
@@ -224,3 +274,35 @@ class Batcher:
         if self.error is not None:
             return "The model worker stopped after an internal error; the server must be restarted."
         return "The model worker is not running."
+
+
+class Reservation:
+    """A request on its way to `Batcher.submit`: while it is open, a partial batch may wait for it
+    (up to `max_hold_ms`). Used once by `submit`, or `release`d; releasing twice is harmless."""
+
+    def __init__(self, batcher: Batcher) -> None:
+        self._batcher = batcher
+        self._open = True
+        self._taken = False
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        """Hand the reservation to a submit; False if it was already used or released."""
+        with self._lock:
+            if self._taken or not self._open:
+                return False
+            self._taken = True
+            return True
+
+    def release(self) -> None:
+        with self._lock:
+            if not self._open:
+                return
+            self._open = False
+        self._batcher._arrived()
+
+    def __enter__(self) -> Reservation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
