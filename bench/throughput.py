@@ -37,15 +37,16 @@ import socket
 import statistics
 import subprocess
 import sys
-import threading
 import time
 import wave
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import numpy as np
+
+from qasr.engine.threads import in_passing_thread
 
 SAMPLE_RATE = 16_000
 CACHE_DIR = Path(os.environ.get("QASR_BENCH_CACHE", Path.home() / ".cache" / "qasr-bench"))
@@ -56,35 +57,6 @@ DASHSCOPE_PATH = "/api/v1/services/aigc/multimodal-generation/generation"
 def loadavg() -> float:
     """The 1-minute load average."""
     return os.getloadavg()[0]
-
-
-T = TypeVar("T")
-
-
-def in_passing_thread(fn: Callable[[], T]) -> T:
-    """Run `fn` in a thread that ends when it returns.
-
-    Every thread that runs a multi-threaded torch op keeps its own OpenMP worker team alive for as long
-    as the thread lives. Once there are more OpenMP threads than cores, libgomp stops spinning between
-    parallel regions, and the model worker's thousands of small regions per token pay a wake-up each:
-    measured on 2 cores, a model run from a worker thread is 25-30% slower when the main thread has run
-    one torch op before. So the benchmark loads models and runs its probe in passing threads, and only
-    the batcher's worker thread computes for long (see bench/RESULTS.md)."""
-    box: list[T] = []
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            box.append(fn())
-        except BaseException as exc:  # re-raised in the caller
-            errors.append(exc)
-
-    thread = threading.Thread(target=target, name="qasr-bench-passing")
-    thread.start()
-    thread.join()
-    if errors:
-        raise errors[0]
-    return box[0]
 
 
 _PROBE: list[Any] = []
@@ -305,22 +277,8 @@ def load_engine(model_dir: Path, args: argparse.Namespace, quantize: str) -> Any
         threads=args.threads,
         options=options,
     )
-    _cast_features_to_model_dtype(engine)
     engine.warmup()
     return engine
-
-
-def _cast_features_to_model_dtype(engine: Any) -> None:
-    """Workaround, to remove once `Qwen3ASREngine.build_inputs` casts by itself (reported): the
-    processor returns fp32 features, which a bf16 model's first convolution refuses. A no-op in
-    fp32 and int8 (fp32 activations)."""
-    build = engine.build_inputs
-    dtype = next(p.dtype for p in engine.model.parameters() if p.is_floating_point())
-
-    def build_inputs(requests: Any) -> Any:
-        return build(requests).to(dtype=dtype)
-
-    engine.build_inputs = build_inputs
 
 
 class InProcess:
