@@ -282,9 +282,40 @@ def test_a_partial_batch_waits_for_a_reserved_request(engine: Qwen3ASREngine) ->
 def test_a_reservation_counts_once() -> None:
     batcher = Batcher(_GatedEngine.__new__(_GatedEngine))  # type: ignore[arg-type]
     reservation = batcher.reserve()
+    with batcher.reserve():
+        assert batcher.arriving == 2
     assert batcher.arriving == 1
-    assert reservation.take()
-    assert not reservation.take()  # a second submit gets its own ticket
     reservation.release()
-    reservation.release()
+    reservation.release()  # a second release (a later submit given the same one) does nothing
     assert batcher.arriving == 0
+
+
+def test_requests_being_prepared_count_against_the_queue(engine: Qwen3ASREngine) -> None:
+    held = _Recording(engine)
+    held.gate.set()
+    preparing = threading.Event()
+    inner_prepare = held.prepare
+
+    def slow_prepare(request: EngineRequest) -> object:
+        preparing.wait(60)
+        return inner_prepare(request)
+
+    held.prepare = slow_prepare  # type: ignore[method-assign]
+
+    async def main() -> list[EngineResult]:
+        batcher = Batcher(held, BatchPolicy(max_batch_size=4, max_wait_ms=0, max_queue=2))  # type: ignore[arg-type]
+        batcher.start()
+        try:
+            pending = [asyncio.ensure_future(batcher.submit(EngineRequest(noise(1.0)))) for _ in range(2)]
+            while batcher.arriving < 2:
+                await asyncio.sleep(0.01)
+            assert batcher.queue_depth == 0  # both still being prepared, neither queued yet
+            with pytest.raises(Overloaded, match="busy"):
+                await batcher.submit(EngineRequest(noise(1.0)))
+            preparing.set()
+            return list(await asyncio.wait_for(asyncio.gather(*pending), 60))
+        finally:
+            batcher.close()
+
+    results = asyncio.run(main())
+    assert [r.audio_tokens for r in results] == [13, 13]

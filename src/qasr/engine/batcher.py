@@ -80,7 +80,8 @@ class Batcher:
         """Why the worker died, if it did."""
         self.batches_run = 0
         self.batch_sizes: list[int] = []
-        self._arriving = 0  # open reservations and requests being prepared
+        self._arriving = 0  # open reservations
+        self._preparing = 0  # submitted requests whose inputs are being prepared
         self._prepare: Callable[[EngineRequest], object] | None = getattr(engine, "prepare", None)
         self._prep_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qasr-prepare")
 
@@ -111,12 +112,13 @@ class Batcher:
     def arriving(self) -> int:
         """Requests announced (`reserve`) or being prepared, not yet in the queue."""
         with self._cond:
-            return self._arriving
+            return self._arriving + self._preparing
 
     # --- the async side ---------------------------------------------------------------------------------
 
     def reserve(self) -> Reservation:
-        """Announce a request that will be submitted soon; pass it to `submit`, or `release` it."""
+        """Announce a request that will be submitted soon; pass it to `submit` (which releases it
+        once the request is queued), or `release` it."""
         with self._cond:
             self._arriving += 1
         return Reservation(self)
@@ -136,25 +138,36 @@ class Batcher:
 
         Cancelling the awaiting task takes the request out of its batch.
         """
-        ticket = reservation if reservation is not None and reservation.take() else self.reserve()
         try:
             if not self.healthy:
                 raise EngineUnavailable(self._dead_message())
             with self._cond:
-                if len(self._waiting) >= self.policy.max_queue:
+                # Requests being prepared count against the queue too: they are on their way into it.
+                if len(self._waiting) + self._preparing >= self.policy.max_queue:
                     raise Overloaded(
                         f"The server is busy ({len(self._waiting)} requests waiting for the model); retry shortly."
                     )
-            loop = asyncio.get_running_loop()
-            prepared = None
-            if self._prepare is not None:
-                prepared = await loop.run_in_executor(self._prep_pool, self._prepare, request)
-            item = _Pending(request, loop, loop.create_future(), on_delta, prepared)
-            with self._cond:
-                self._waiting.append(item)
-                ticket.release()  # under the same lock: the worker never sees the request missing
+                self._preparing += 1
+            queued = False
+            try:
+                loop = asyncio.get_running_loop()
+                prepared = None
+                if self._prepare is not None:
+                    prepared = await loop.run_in_executor(self._prep_pool, self._prepare, request)
+                item = _Pending(request, loop, loop.create_future(), on_delta, prepared)
+                with self._cond:
+                    self._waiting.append(item)
+                    self._preparing -= 1
+                    queued = True
+                    self._cond.notify_all()
+            finally:
+                if not queued:
+                    with self._cond:
+                        self._preparing -= 1
+                        self._cond.notify_all()
         finally:
-            ticket.release()
+            if reservation is not None:
+                reservation.release()  # after the request is queued: the worker never sees a gap
         try:
             return await item.future
         except asyncio.CancelledError:
@@ -191,7 +204,8 @@ class Batcher:
             wait_until = first + self.policy.max_wait_ms / 1000
             hold_until = first + max(self.policy.max_hold_ms, self.policy.max_wait_ms) / 1000
             while len(self._waiting) < self.policy.max_batch_size and not self._closing:
-                remaining = (hold_until if self._arriving > 0 else wait_until) - time.monotonic()
+                coming = self._arriving + self._preparing > 0
+                remaining = (hold_until if coming else wait_until) - time.monotonic()
                 if remaining <= 0:
                     break
                 self._cond.wait(remaining)
@@ -278,21 +292,13 @@ class Batcher:
 
 class Reservation:
     """A request on its way to `Batcher.submit`: while it is open, a partial batch may wait for it
-    (up to `max_hold_ms`). Used once by `submit`, or `release`d; releasing twice is harmless."""
+    (up to `max_hold_ms`). Released once, by the submit it is passed to or by its holder; releasing
+    again (a later submit, the end of a `with` block) does nothing."""
 
     def __init__(self, batcher: Batcher) -> None:
         self._batcher = batcher
         self._open = True
-        self._taken = False
         self._lock = threading.Lock()
-
-    def take(self) -> bool:
-        """Hand the reservation to a submit; False if it was already used or released."""
-        with self._lock:
-            if self._taken or not self._open:
-                return False
-            self._taken = True
-            return True
 
     def release(self) -> None:
         with self._lock:
