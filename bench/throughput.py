@@ -293,7 +293,12 @@ class InProcess:
         from qasr.engine.batcher import BatchPolicy
 
         self.engine = in_passing_thread(lambda: load_engine(model_dir, args, quantize))
-        self.policy = BatchPolicy(max_batch_size=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=1024)
+        self.policy = BatchPolicy(
+            max_batch_size=args.max_batch,
+            max_wait_ms=args.max_wait_ms,
+            max_hold_ms=args.max_hold_ms,
+            max_queue=1024,
+        )
         self.clips = clips
         self.batcher: Any = None
 
@@ -348,6 +353,7 @@ def server_settings(model_dir: Path, args: argparse.Namespace, port: int) -> Any
         port=port,
         max_batch_size=args.max_batch,
         max_wait_ms=args.max_wait_ms,
+        max_hold_ms=args.max_hold_ms,
         max_queue=1024,
         # The clips are noise: VAD would (rightly) send nothing to the model. The engine rows skip
         # VAD too, so both paths do the same model work.
@@ -729,7 +735,7 @@ def conditions(args: argparse.Namespace, toolkit: dict[str, Any] | None) -> str:
         f"model {args.size} (random weights, real shapes), dtype {args.dtype}, threads "
         f"{args.threads or torch.get_num_threads()}, {os.cpu_count()} CPUs ({cpu}); {args.clips} distinct clips of "
         f"{args.clip_s:g} s, {args.tokens} output tokens each; {args.rounds} rounds; batcher max batch "
-        f"{args.max_batch}, max wait {args.max_wait_ms:g} ms; qasr on torch {torch.__version__}, transformers {transformers.__version__}"
+        f"{args.max_batch}, max wait {args.max_wait_ms:g} ms, max hold {args.max_hold_ms:g} ms; qasr on torch {torch.__version__}, transformers {transformers.__version__}"
     )
     if toolkit:
         text += (
@@ -792,6 +798,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--max-wait-ms", type=float, default=10.0, help="batcher max_wait_ms (the server's default: 10)"
+    )
+    p.add_argument(
+        "--max-hold-ms", type=float, default=200.0, help="batcher max_hold_ms (the server's default: 200)"
     )
     p.add_argument("--systems", default="engine,http,toolkit", help="which of engine,http,toolkit to run")
     p.add_argument("--compare-int8", action="store_true", help="add engine rows with quantize=int8")

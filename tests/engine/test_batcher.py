@@ -319,3 +319,34 @@ def test_requests_being_prepared_count_against_the_queue(engine: Qwen3ASREngine)
 
     results = asyncio.run(main())
     assert [r.audio_tokens for r in results] == [13, 13]
+
+
+def test_a_request_being_prepared_when_the_worker_dies_fails_too(engine: Qwen3ASREngine) -> None:
+    recording = _Recording(engine)
+    release = threading.Event()
+    inner_prepare = recording.prepare
+
+    def prepare(request: EngineRequest) -> object:
+        if request.context == "late":
+            release.wait(60)
+        return inner_prepare(request)
+
+    recording.prepare = prepare  # type: ignore[method-assign]
+
+    async def main() -> None:
+        batcher = Batcher(recording, BatchPolicy(max_batch_size=1, max_wait_ms=0))  # type: ignore[arg-type]
+        batcher.start()
+        running = asyncio.ensure_future(batcher.submit(EngineRequest(noise(1.0))))
+        await _wait(recording.entered)
+        late = asyncio.ensure_future(batcher.submit(EngineRequest(noise(1.0), context="late")))
+        while batcher.arriving < 1:
+            await asyncio.sleep(0.01)
+        recording.fail_with = SystemExit("worker killed")
+        recording.gate.set()
+        with pytest.raises(EngineUnavailable):
+            await asyncio.wait_for(running, 30)
+        release.set()  # its inputs are ready only now, after the worker died
+        with pytest.raises(EngineUnavailable, match="restarted"):
+            await asyncio.wait_for(late, 30)
+
+    asyncio.run(main())

@@ -75,6 +75,7 @@ class Batcher:
         self._running: list[_Pending] = []  # the batch on the model now, failed too if the worker dies
         self._cond = threading.Condition()
         self._closing = False
+        self._stopped = False  # the worker has ended; nothing may be queued any more
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
         """Why the worker died, if it did."""
@@ -156,6 +157,8 @@ class Batcher:
                     prepared = await loop.run_in_executor(self._prep_pool, self._prepare, request)
                 item = _Pending(request, loop, loop.create_future(), on_delta, prepared)
                 with self._cond:
+                    if self._stopped:  # the worker ended while this request was being prepared
+                        raise EngineUnavailable(self._dead_message())
                     self._waiting.append(item)
                     self._preparing -= 1
                     queued = True
@@ -279,6 +282,7 @@ class Batcher:
 
     def _fail_all(self, exc: BaseException) -> None:
         with self._cond:
+            self._stopped = True  # a request still being prepared must not join a dead queue
             waiting, self._waiting = self._running + self._waiting, []
             self._running = []
         for item in waiting:
