@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -76,3 +78,19 @@ def test_collate_pads_ids_left_and_features_right() -> None:
     assert batch["input_features"].shape == (2, 2, 200)
     assert batch["input_features"][0, :, 100:].abs().sum() == 0
     assert batch["input_features_mask"].sum(dim=1).tolist() == [100, 150]
+
+
+def test_a_checkpoint_with_dither_is_refused(tiny_dir: Path, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from qasr.errors import ModelLoadError
+
+    copy = tmp_path / "dither"
+    shutil.copytree(tiny_dir, copy)
+    config_path = copy / "processor_config.json"
+    config = json.loads(config_path.read_text())
+    config["feature_extractor"]["dither"] = 1e-5
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match="dither"):
+        Qwen3ASREngine.load(str(copy), device="cpu", dtype="float32")

@@ -47,7 +47,8 @@ def log_mel(samples: np.ndarray, extractor: Any) -> tuple[np.ndarray, np.ndarray
     Its steps, for a single clip: clips shorter than `min_length` are zero-padded (and the padding
     counts as audio, as in the original toolkit); a centred STFT with a Hann window, power 2,
     dropping the last frame; mel filters; log10 floored at 1e-10 and at the clip's maximum minus 8;
-    then (x + 4) / 4; then zero-padding to a multiple of 100 frames.
+    then (x + 4) / 4; then zero-padding to a multiple of 100 frames. (Dither, random noise added
+    before the STFT, is off in Qwen3-ASR's extractor; the engine refuses a checkpoint that sets it.)
     """
     from transformers.audio_utils import spectrogram, window_function
 
@@ -55,8 +56,6 @@ def log_mel(samples: np.ndarray, extractor: Any) -> tuple[np.ndarray, np.ndarray
     min_length = int(getattr(extractor, "min_length", 0) or 0)
     if len(wave) < min_length:
         wave = np.pad(wave, (0, min_length - len(wave)))
-    if getattr(extractor, "dither", 0.0):
-        raise ValueError("a feature extractor with dither is not supported")
     spec = spectrogram(
         wave,
         window_function(extractor.n_fft, "hann"),

@@ -20,6 +20,7 @@ from qasr.engine.base import Job
 from qasr.engine.features import PreparedClip, audio_token_count, collate, prepare_clip
 from qasr.engine.loading import LoadedModel, load
 from qasr.engine.output import TextAssembler
+from qasr.errors import ModelLoadError
 from qasr.text.languages import forceable_name
 from qasr.types import SAMPLE_RATE, Delta, EngineRequest, EngineResult
 
@@ -73,6 +74,10 @@ class Qwen3ASREngine:
         self._lock = threading.Lock()
         self._end_ids = set(self._eos_ids())
         self._audio_pad_id = self.tokenizer.convert_tokens_to_ids("<|audio_pad|>")
+        if getattr(self.processor.feature_extractor, "dither", 0.0):
+            raise ModelLoadError(
+                "This checkpoint's feature extractor sets dither, which qasr does not support."
+            )
         pad = self.tokenizer.pad_token_id
         self._pad_id = int(pad if pad is not None else self.tokenizer.convert_tokens_to_ids("<|endoftext|>"))
 
