@@ -2,7 +2,7 @@
 
 Decoding on CPU is memory-bandwidth-bound: each generated token streams every decoder weight once,
 so fewer bytes per weight make each step faster (DESIGN.md, "Measured costs"; bench/RESULTS.md: on
-2 cores, 0.6B, 71 ms per decoding step in bf16, 21 ms in int8). "Dynamic" means the weights are
+2 cores, 0.6B, batch 1, 66-71 ms per decoding step in bf16, 26 ms in int8). "Dynamic" means the weights are
 stored as int8 ahead of time and each activation is quantized on the fly, so no calibration data is
 needed.
 
@@ -22,8 +22,8 @@ What is quantized, and why:
   table stays for lookups (about +150 MB for 0.6B, still well under the fp32 model).
 - Not the audio encoder and projector: they run once per clip on hundreds of frames, which is
   compute-bound, not bandwidth-bound, and they stay in the loaded dtype. In fp32 (which int8
-  kernels would need) the encoder's convolutions made the 10 s prefill about 4x slower than in
-  bf16 on a CPU with AVX512_BF16 (bench/RESULTS.md). A hook casts the encoder's input to its dtype.
+  kernels would need) the encoder takes 0.83 s for a 10 s clip against 0.16-0.27 s in bf16 on a
+  CPU with AVX512_BF16 (bench/RESULTS.md). A hook casts the encoder's input to its dtype.
 The int8 kernels take fp32 activations, so the text decoder and head are converted to fp32 first.
 """
 
