@@ -25,7 +25,12 @@ class Job:
 
 
 class Engine(Protocol):
-    """What the pipeline and the batcher need from a speech-recognition backend."""
+    """What the pipeline and the batcher need from a speech-recognition backend.
+
+    A backend may also offer `prepare(request) -> object`: per-clip work that needs no model (features,
+    prompt ids). The batcher then runs it in its preparation thread, in parallel with the model, and
+    hands the result over in `Job.prepared`; without it, `run` does all the work on the model thread.
+    """
 
     name: str
     """The model's name (its hub id or directory), listed by the APIs."""
