@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from qasr.engine.compat import cache_kwarg
 from throughput import checkpoint, make_clips
 
 
@@ -51,7 +52,8 @@ class Stepper:
             cache = DynamicCache(config=model.config.get_text_config(decoder=True))
         self.model, self.cache = model, cache
         self.mask = inputs["attention_mask"]
-        out = model(**inputs, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        self.cache_arg = cache_kwarg(model)
+        out = model(**inputs, **{self.cache_arg: cache}, use_cache=True, logits_to_keep=1)
         self.ids = out.logits[:, -1:].argmax(-1)
 
     def step(self) -> None:
@@ -60,7 +62,7 @@ class Stepper:
         out = self.model(
             input_ids=self.ids,
             attention_mask=self.mask,
-            past_key_values=self.cache,
+            **{self.cache_arg: self.cache},
             use_cache=True,
             logits_to_keep=1,
         )

@@ -17,6 +17,7 @@ import torch
 from transformers import BatchFeature
 
 from qasr.engine.base import Job
+from qasr.engine.compat import cache_kwarg
 from qasr.engine.features import PreparedClip, audio_token_count, collate, prepare_clip
 from qasr.engine.loading import LoadedModel, load
 from qasr.engine.output import TextAssembler
@@ -72,6 +73,7 @@ class Qwen3ASREngine:
         self.name = name
         self.options = options or GenerationOptions()
         self._lock = threading.Lock()
+        self._cache_kwarg = cache_kwarg(self.model)
         self._end_ids = set(self._eos_ids())
         self._audio_pad_id = self.tokenizer.convert_tokens_to_ids("<|audio_pad|>")
         if getattr(self.processor.feature_extractor, "dither", 0.0):
@@ -179,7 +181,7 @@ class Qwen3ASREngine:
         with self._lock, torch.inference_mode():
             self.model.generate(
                 **inputs,
-                past_key_values=cache,
+                **{self._cache_kwarg: cache},
                 do_sample=False,
                 max_new_tokens=max_new,
                 min_new_tokens=self.options.min_new_tokens or None,
