@@ -1,27 +1,34 @@
 # The two set-up commands the README promises:
-#   make serve   install (CPU torch first) into .venv and run the server
-#   make test    install the test extras and run lint, types and the test suite
+#   make serve   install into .venv (torch first, then qasr with the locked dependency set) and serve
+#   make test    install the test extras the same way, then lint, type checks and the test suite
+# and one for maintainers:
+#   make lock    re-resolve every dependency to its newest allowed release and rewrite the lock
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# The CPU build. Installing it before the package keeps pip from pulling a multi-GB CUDA build;
-# override with TORCH="torch==2.13.0 --index-url ..." or TORCH=torch for a GPU machine.
-TORCH ?= torch==2.13.0
+# The exact, tested versions of everything qasr installs (a pip constraints file; pyproject.toml keeps
+# the loose ranges that library users need). Update it deliberately with `make lock`, then run the tests.
+LOCK := requirements/lock.txt
+TORCH_VERSION := $(shell sed -n 's/^torch==//p' $(LOCK))
+# Where torch comes from: the PyTorch CPU index gives the CPU-only build (about 200 MB). For a GPU,
+# pass the CUDA index that matches your driver (TORCH_INDEX=https://download.pytorch.org/whl/cu128)
+# or TORCH_INDEX=pypi (PyPI's torch: the CUDA build on Linux x86_64, several GB).
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 ARGS ?=
 
-.PHONY: install install-test serve test lint
+.PHONY: install install-test serve test lint lock
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c $(LOCK) pip setuptools
 
 install: $(BIN)/python
-	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e .
+	scripts/install-torch.sh $(BIN)/pip $(TORCH_VERSION) $(TORCH_INDEX)
+	$(BIN)/pip install -q -c $(LOCK) --no-build-isolation -e .
 
 install-test: $(BIN)/python
-	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e ".[test]"
+	scripts/install-torch.sh $(BIN)/pip $(TORCH_VERSION) $(TORCH_INDEX)
+	$(BIN)/pip install -q -c $(LOCK) --no-build-isolation -e ".[test]"
 
 serve: install
 	$(BIN)/qasr serve $(ARGS)
@@ -32,4 +39,7 @@ lint:
 	$(BIN)/mypy
 
 test: install-test lint
-	$(BIN)/python -m pytest $(ARGS)
+	$(BIN)/python -m pytest --cov=qasr --cov-report=term:skip-covered $(ARGS)
+
+lock:
+	scripts/lock.sh $(PYTHON) $(TORCH_INDEX) $(LOCK)

@@ -9,6 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+pytest.importorskip("pynini")  # ITN needs WeTextProcessing; see tests/text/test_itn_optional.py
+
 from qasr.engine.qwen3 import Qwen3ASREngine
 from qasr.settings import Settings
 from tests.api.inprocess import serve_in_thread
