@@ -1,18 +1,42 @@
-"""`qasr serve | transcribe`: parse arguments, build Settings, call the library."""
+"""`qasr serve | transcribe`: parse arguments, build Settings, call the library.
+
+Options backed by a `Settings` field take their help text and default from that field (its docstring
+and value), so `--help` and the environment variables can never disagree.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
 import logging
+import os
+import socket
 import sys
+import time
+import typing
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO
+
+from pydantic import ValidationError
 
 from qasr.errors import QasrError
 from qasr.settings import Settings
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
+    from qasr.audio.sources import SourcePolicy
+    from qasr.transcriber import Transcriber
+    from qasr.types import TranscribeOptions, Transcript
+
+INTERRUPTED = 130
+"""Exit code after Ctrl-C: the shell's 128 + SIGINT."""
+_LINE_EVERY_S = 10.0
+"""Without a terminal, a progress line at most this often (the first one at once)."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -31,111 +55,183 @@ def main(argv: Sequence[str] | None = None) -> int:
     except QasrError as exc:
         print(f"qasr: {exc.message}", file=sys.stderr)
         return 2
-    except ValueError as exc:  # settings validation
+    except ValidationError as exc:
+        print(f"qasr: {_invalid_settings(exc)}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
         print(f"qasr: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # before or after a transcription's own report (loading, start-up)
+        print("qasr: interrupted", file=sys.stderr)
+        return INTERRUPTED
+
+
+def version() -> str:
+    """The installed distribution's version; the package's own when run from a source tree."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("qasr")
+    except PackageNotFoundError:
+        from qasr import __version__
+
+        return __version__
+
+
+# --- options -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Option:
+    """A command-line option for one Settings field. Its help is the field's docstring; its default,
+    choices and type come from the field; its own default stays None, so that QASR_* applies."""
+
+    flag: str
+    name: str
+    """The Settings field."""
+    lead: str = ""
+    """Said before the field's docstring in --help."""
+    metavar: str | None = None
+
+    def add_to(self, p: argparse.ArgumentParser) -> None:
+        info = Settings.model_fields[self.name]
+        about = " ".join(f"{self.lead} {info.description or ''}".replace("`", "").split())
+        kwargs = _argument_kind(info.annotation)
+        shown = info.get_default(call_default_factory=True)
+        if kwargs.get("action") == "store_false":
+            shown = "on" if shown else "off"
+        elif shown in (None, [], {}):
+            shown = "none"
+        help_text = f"{about} [default: {shown}; env QASR_{self.name.upper()}]"
+        if self.metavar is not None:
+            kwargs["metavar"] = self.metavar
+        p.add_argument(self.flag, dest=self.name, help=help_text.replace("%", "%%"), **kwargs)
+
+
+def _argument_kind(annotation: Any) -> dict[str, Any]:
+    """argparse's choices, type or action for a Settings field's type."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return {"choices": typing.get_args(annotation)}
+    if origin in (list, dict):
+        return {"action": "append"}  # repeatable; a dict's items are KEY=VALUE (see _settings)
+    if annotation is bool:
+        return {"action": "store_false", "default": None}  # the flag turns a default-on feature off
+    scalars = [a for a in typing.get_args(annotation) or (annotation,) if a is not type(None)]
+    return {"type": scalars[0]} if len(scalars) == 1 and scalars[0] in (int, float) else {}
+
+
+_MODEL_OPTIONS = (
+    _Option("--model", "model"),
+    _Option("--device", "device"),
+    _Option("--dtype", "dtype"),
+    _Option("--quantize", "quantize"),
+    _Option("--threads", "threads"),
+    _Option("--no-vad", "vad", "Turn off voice-activity detection."),
+    _Option("--segment-max-s", "segment_max_s"),
+)
+_SOURCE_OPTIONS = (  # where audio may come from: serve and transcribe alike
+    _Option("--url-map", "url_map", "Repeatable; added to QASR_URL_MAP.", "PREFIX=TARGET"),
+    _Option("--allow-url-host", "allow_url_hosts", "Repeatable.", "HOST"),
+)
+_SERVE_OPTIONS = (
+    _Option("--host", "host"),
+    _Option("--port", "port"),
+    _Option("--api-key", "api_keys", "Repeatable.", "KEY"),
+    _Option("--allow-local-dir", "allow_local_dirs", "Repeatable.", "DIR"),
+    *_SOURCE_OPTIONS,
+    _Option("--max-audio-bytes", "max_audio_bytes"),
+    _Option("--max-audio-s", "max_audio_s"),
+    _Option("--public-base-url", "public_base_url"),
+    _Option("--max-batch-size", "max_batch_size"),
+    _Option("--max-wait-ms", "max_wait_ms"),
+    _Option("--max-queue", "max_queue"),
+    _Option("--max-hold-ms", "max_hold_ms"),
+)
+_FLAGS = {o.name: o.flag for o in (*_SERVE_OPTIONS, *_MODEL_OPTIONS)}
+"""Settings field -> its option, to name both in a validation error."""
 
 
 def _model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="local directory, Hugging Face id, or modelscope:<id> (QASR_MODEL)")
-    p.add_argument("--device", help="auto, cpu, cuda, cuda:N (QASR_DEVICE)")
-    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], help="(QASR_DTYPE)")
-    p.add_argument(
-        "--quantize", choices=["none", "int8"], help="int8 dynamic quantization on CPU (QASR_QUANTIZE)"
-    )
-    p.add_argument("--threads", type=int, help="torch threads (QASR_THREADS)")
-    p.add_argument(
-        "--no-vad", dest="vad", action="store_false", default=None, help="no voice-activity gating"
-    )
-    p.add_argument(
-        "--segment-max-s", type=float, help="longest segment sent to the model (QASR_SEGMENT_MAX_S)"
-    )
-    p.add_argument("-v", "--verbose", action="store_true")
+    for option in _MODEL_OPTIONS:
+        option.add_to(p)
+    p.add_argument("-v", "--verbose", action="store_true", help="log what qasr does (loading, requests)")
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qasr", description="Self-hosted Qwen3-ASR speech recognition.")
+    parser.add_argument("--version", action="version", version=f"qasr {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
+    _transcribe_parser(sub)
+    _serve_parser(sub)
+    return parser
 
+
+def _transcribe_parser(sub: Any) -> None:
     t = sub.add_parser("transcribe", help="transcribe files or URLs and print the results")
-    t.add_argument("inputs", nargs="+", metavar="FILE_OR_URL")
-    t.add_argument("--language", help="language code to force (zh, en, yue, ...); default: detect")
+    t.add_argument("inputs", nargs="+", metavar="FILE_OR_URL", help="local files, http(s) URLs, data: URIs")
+    t.add_argument("--language", help="language code to force (zh, en, yue, ...) [default: detect]")
     ctx = t.add_mutually_exclusive_group()
     ctx.add_argument("--context", default="", help="context text: hotwords, names, domain terms")
     ctx.add_argument("--context-file", type=Path, help="read the context text from a file")
-    t.add_argument("--format", choices=["text", "json", "srt", "vtt"], default="text")
+    t.add_argument(
+        "--format", choices=["text", "json", "srt", "vtt"], default="text", help="output [default: text]"
+    )
     t.add_argument(
         "--itn", action="store_true", help="inverse text normalization (zh, en): numbers as digits"
     )
+    for option in _SOURCE_OPTIONS:
+        option.add_to(t)
     _model_options(t)
 
+
+def _serve_parser(sub: Any) -> None:
     s = sub.add_parser("serve", help="run the HTTP API (DashScope and OpenAI compatible)")
-    s.add_argument("--host", help="bind address (default 127.0.0.1)")
-    s.add_argument("--port", type=int, help="port (default 8000)")
-    s.add_argument("--api-key", action="append", dest="api_keys", help="accepted API key (repeatable)")
-    s.add_argument(
-        "--allow-local-dir", action="append", dest="allow_local_dirs", help="server dir callers may read"
-    )
-    s.add_argument(
-        "--allow-url-host", action="append", dest="allow_url_hosts", help="private host callers may fetch"
-    )
-    s.add_argument(
-        "--url-map", action="append", metavar="PREFIX=TARGET", help="mirror a URL prefix (repeatable)"
-    )
-    s.add_argument("--max-audio-bytes", type=int, help="largest audio input (default 10 MB)")
-    s.add_argument("--max-audio-s", type=float, help="longest audio input (default 300 s)")
-    s.add_argument("--public-base-url", help="URL clients reach this server at, when behind a proxy")
-    s.add_argument("--max-batch-size", type=int)
-    s.add_argument("--max-wait-ms", type=float)
-    s.add_argument("--max-queue", type=int)
-    s.add_argument("--max-hold-ms", type=float, help="wait for requests being decoded (default 200)")
+    for option in _SERVE_OPTIONS:
+        option.add_to(s)
     s.add_argument(
         "--allow-open-network",
         action="store_true",
         help="allow a non-loopback --host without API keys (anyone who can reach it can use it)",
     )
     _model_options(s)
-    return parser
 
 
-_SETTING_ARGS = [
-    "model",
-    "device",
-    "dtype",
-    "quantize",
-    "threads",
-    "vad",
-    "segment_max_s",
-    "host",
-    "port",
-    "api_keys",
-    "allow_local_dirs",
-    "allow_url_hosts",
-    "max_audio_bytes",
-    "max_audio_s",
-    "public_base_url",
-    "max_batch_size",
-    "max_wait_ms",
-    "max_queue",
-    "max_hold_ms",
-]
+# --- settings ----------------------------------------------------------------------------------------
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    """Environment (QASR_*) first, then the command line on top."""
-    base = Settings()
+    """Environment (QASR_*) first, then the command line on top; both go through validation."""
     overrides: dict[str, Any] = {
-        k: getattr(args, k) for k in _SETTING_ARGS if getattr(args, k, None) is not None
+        k: v for k, v in vars(args).items() if k in Settings.model_fields and v is not None
     }
-    if getattr(args, "url_map", None):
-        mapping = dict(base.url_map)
-        for item in args.url_map:
-            prefix, sep, target = item.partition("=")
-            if not sep or not prefix or not target:
-                raise ValueError(f"--url-map needs PREFIX=TARGET, got {item!r}")
-            mapping[prefix] = target
-        overrides["url_map"] = mapping
-    return base.model_copy(update=overrides)
+    if "url_map" in overrides:
+        overrides["url_map"] = {**Settings().url_map, **_url_map(overrides["url_map"])}
+    return Settings(**overrides)
+
+
+def _url_map(items: list[str]) -> dict[str, str]:
+    mapping: dict[str, str] = {}
+    for item in items:
+        prefix, sep, target = item.partition("=")
+        if not sep or not prefix or not target:
+            raise ValueError(f"--url-map needs PREFIX=TARGET, got {item!r}")
+        mapping[prefix] = target
+    return mapping
+
+
+def _invalid_settings(exc: ValidationError) -> str:
+    """One line for the user, naming the option and the variable (not pydantic's multi-line report)."""
+    problems = []
+    for error in exc.errors():
+        name = str(error["loc"][0]) if error["loc"] else ""
+        where = " / ".join(x for x in (_FLAGS.get(name), f"QASR_{name.upper()}" if name else "") if x)
+        problems.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
+    return "invalid " + "; ".join(problems)
+
+
+# --- serve -------------------------------------------------------------------------------------------
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
@@ -151,6 +247,10 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    problem = _cannot_listen(settings.host, settings.port)
+    if problem is not None:  # found now, not after a model load of minutes
+        print(f"qasr: {problem}", file=sys.stderr)
+        return 2
     from qasr.api.app import load_engine
     from qasr.engine.threads import in_passing_thread
 
@@ -162,20 +262,54 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cannot_listen(host: str, port: int) -> str | None:
+    """Why uvicorn could not listen on host:port, or None. Binds and closes every address the host
+    resolves to, as asyncio's create_server (under uvicorn) will: SO_REUSEADDR on POSIX, so a port in
+    TIME_WAIT passes, and IPv6 sockets v6-only."""
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        return f"cannot listen on {where}: the host cannot be resolved ({exc.strerror})."
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as sock:
+            if os.name == "posix" and sys.platform != "cygwin":
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    return f"cannot listen on {where}: port {port} is already in use; pass another --port."
+                return f"cannot listen on {where}: {exc.strerror or exc}."
+    return None
+
+
+# --- transcribe --------------------------------------------------------------------------------------
+
+
 def _transcribe(settings: Settings, args: argparse.Namespace) -> int:
     from qasr.text.languages import normalize_code
     from qasr.types import TranscribeOptions
 
     context = args.context_file.read_text(encoding="utf-8") if args.context_file else args.context
     options = TranscribeOptions(language=normalize_code(args.language), context=context, enable_itn=args.itn)
-    return asyncio.run(_transcribe_all(settings, args.inputs, options, args.format))
+    run = _Run(args.inputs, options, args.format, _Progress(len(args.inputs), sys.stderr))
+    try:
+        return asyncio.run(_transcribe_all(settings, run))
+    except KeyboardInterrupt:
+        # asyncio.run turned Ctrl-C into a cancellation, then re-raises it here once all has stopped.
+        run.progress.close()
+        if not run.reported:
+            print("qasr: interrupted", file=sys.stderr)
+        return INTERRUPTED
+    finally:
+        run.progress.close()
 
 
-async def _transcribe_all(settings: Settings, inputs: list[str], options: Any, fmt: str) -> int:
-    from tqdm import tqdm
-
+async def _transcribe_all(settings: Settings, run: _Run) -> int:
     from qasr.api.app import batch_policy, load_engine, pipeline_options
-    from qasr.audio.sources import SourcePolicy
     from qasr.engine.batcher import Batcher
     from qasr.engine.threads import in_passing_thread
     from qasr.transcriber import Transcriber
@@ -184,30 +318,175 @@ async def _transcribe_all(settings: Settings, inputs: list[str], options: Any, f
     engine = await asyncio.to_thread(in_passing_thread, lambda: load_engine(quiet))
     batcher = Batcher(engine, batch_policy(settings))
     batcher.start()
-    # The local user may read any of their files; no duration or size limits apply to the CLI.
-    policy = SourcePolicy(allow_any_local=True, timeout_s=settings.download_timeout_s)
-    failed = 0
     try:
         transcriber = await asyncio.to_thread(Transcriber, batcher, None, pipeline_options(settings))
-        bar = tqdm(total=len(inputs), unit="file", disable=len(inputs) < 2, file=sys.stderr)
-        for source in inputs:
-            bar.set_description(Path(source).name[:40])
-
-            def progress(segments: int, seconds: float, bar: Any = bar) -> None:
-                bar.set_postfix_str(f"{segments} segments, {seconds:.0f} s")
-
-            try:
-                transcript = await transcriber.transcribe(source, options, policy=policy, progress=progress)
-            except QasrError as exc:
-                failed += 1
-                tqdm.write(f"qasr: {source}: {exc.message}", file=sys.stderr)
-            else:
-                tqdm.write(_render(source, transcript, fmt, several=len(inputs) > 1), file=sys.stdout)
-            bar.update(1)
-        bar.close()
+        return await run.all(transcriber, _cli_policy(settings))
     finally:
         batcher.close()
-    return 1 if failed else 0
+
+
+def _cli_policy(settings: Settings) -> SourcePolicy:
+    """The local user may read any of their files; no duration or size limits apply to the CLI. URLs
+    go through the same mirrors and host allowances as the server's (QASR_URL_MAP, --url-map)."""
+    from qasr.audio.sources import SourcePolicy
+
+    return SourcePolicy(
+        allow_any_local=True,
+        allow_url_hosts=tuple(settings.allow_url_hosts),
+        url_map=dict(settings.url_map),
+        timeout_s=settings.download_timeout_s,
+    )
+
+
+@dataclass
+class _Partial:
+    """The input in progress: its text so far, and how much of it belongs to finished segments."""
+
+    keep_text: bool = True
+    """False when partial text would not be shown (`--format json`, `srt`, `vtt`): counts only."""
+    pieces: list[str] = field(default_factory=list)
+    """The deltas as they came (a list: joining a long file's text on every delta would be quadratic)."""
+    finished: int = 0
+    """How many of `pieces` belong to finished segments."""
+    segments: int = 0
+    seconds: float = 0.0
+
+    def segment_done(self, segments: int, seconds: float) -> None:
+        # The transcriber reports a segment after releasing all of its text, so `pieces` is whole here.
+        self.finished, self.segments, self.seconds = len(self.pieces), segments, seconds
+
+    @property
+    def finished_text(self) -> str:
+        return "".join(self.pieces[: self.finished])
+
+
+@dataclass
+class _Run:
+    """One `qasr transcribe`: its inputs in order, results on stdout, everything else on stderr."""
+
+    inputs: list[str]
+    options: TranscribeOptions
+    fmt: str
+    progress: _Progress
+    failed: int = 0
+    reported: bool = False
+    """An interruption was reported (the input in progress, what was done of it)."""
+
+    async def all(self, transcriber: Transcriber, policy: SourcePolicy) -> int:
+        for index, source in enumerate(self.inputs):
+            partial = _Partial(keep_text=self.fmt == "text")
+            self.progress.begin(source)
+            try:
+                transcript = await self.one(transcriber, source, policy, partial)
+            except QasrError as exc:
+                self.failed += 1
+                self.progress.say(f"qasr: {source}: {exc.message}")
+            except asyncio.CancelledError:
+                self.interrupted(source, partial, left=len(self.inputs) - index - 1)
+                raise
+            else:
+                self.progress.say(_render(source, transcript, self.fmt, self.several), sys.stdout)
+            self.progress.end()
+        return 1 if self.failed else 0
+
+    async def one(
+        self, transcriber: Transcriber, source: str, policy: SourcePolicy, partial: _Partial
+    ) -> Transcript:
+        from qasr.types import Transcript
+
+        def progress(segments: int, seconds: float) -> None:
+            partial.segment_done(segments, seconds)
+            self.progress.advance(segments, seconds)
+
+        async for item in transcriber.stream(source, self.options, policy=policy, progress=progress):
+            if isinstance(item, Transcript):
+                return item
+            if partial.keep_text:
+                partial.pieces.append(item.text)
+        raise RuntimeError("the transcription ended without a transcript")  # stream always ends with one
+
+    def interrupted(self, source: str, partial: _Partial, left: int) -> None:
+        """Ctrl-C: what was finished of the input in progress goes out as text, then one line on stderr."""
+        body = partial.finished_text
+        shown = bool(body)
+        if shown:
+            self.progress.say(f"==> {source} <==\n{body}" if self.several else body, sys.stdout)
+        line = (
+            f"qasr: {source}: interrupted after {_count(partial.segments, 'segment')} "
+            f"({partial.seconds:.0f} s of audio)"
+        )
+        if shown:
+            line += "; their text is on stdout"
+        elif partial.segments and self.fmt != "text":
+            line += f"; partial results are not written as {self.fmt}"
+        if left:
+            line += f"; {_count(left, 'more input')} not started"
+        self.progress.say(line)
+        self.reported = True
+
+    @property
+    def several(self) -> bool:
+        return len(self.inputs) > 1
+
+
+class _Progress:
+    """Progress on stderr, for one input as for many; stdout carries results only.
+
+    On a terminal, a tqdm bar (inputs done; segments and seconds of audio of the current one). In a
+    pipe or a log file, a plain line at an input's first finished segment, then every `_LINE_EVERY_S`.
+    """
+
+    def __init__(self, total: int, stream: TextIO) -> None:
+        self.total = total
+        self.stream = stream
+        self.index = 0
+        self.name = ""
+        self._bar: tqdm[Any] | None = None
+        self._last_line: float | None = None
+
+    def begin(self, source: str) -> None:
+        if self.index == 0 and self.stream.isatty():  # started here: its clock leaves out the model load
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=self.total, unit="file", file=self.stream, dynamic_ncols=True)
+        self.index += 1
+        self.name = Path(source).name[:40] or source[:40]
+        self._last_line = None
+        if self._bar is not None:
+            self._bar.set_description(self.name)
+            self._bar.set_postfix_str("")
+
+    def advance(self, segments: int, seconds: float) -> None:
+        done = f"{_count(segments, 'segment')}, {seconds:.0f} s of audio"
+        if self._bar is not None:
+            self._bar.set_postfix_str(done)
+            return
+        now = time.monotonic()
+        if self._last_line is None or now - self._last_line >= _LINE_EVERY_S:
+            self._last_line = now
+            counter = f"[{self.index}/{self.total}] " if self.total > 1 else ""
+            self.say(f"qasr: {counter}{self.name}: {done}")
+
+    def end(self) -> None:
+        if self._bar is not None:
+            self._bar.update(1)
+
+    def say(self, text: str, stream: TextIO | None = None) -> None:
+        """Write a line (stderr unless told) without breaking the bar; flushed, for pipes."""
+        from tqdm import tqdm
+
+        out = stream or self.stream
+        tqdm.write(text, file=out)
+        out.flush()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _render(source: str, transcript: Any, fmt: str, several: bool) -> str:

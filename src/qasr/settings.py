@@ -4,8 +4,10 @@ environment or by the matching `qasr` command-line option; defaults live here an
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -27,10 +29,35 @@ def _split_list(value: object) -> object:
     return value
 
 
+def _mirror_dir(target: str) -> Path | None:
+    """The local directory a `url_map` target names (a path or `file://` URI); None for an http(s) URL."""
+    if re.match(r"^https?://", target, re.IGNORECASE):
+        return None
+    if target.lower().startswith("file:"):
+        # Read as qasr.audio.sources reads file URIs: netloc + path, `localhost` meaning this machine.
+        parts = urlsplit(target)
+        netloc = "" if parts.netloc.lower() == "localhost" else parts.netloc
+        return Path(unquote(netloc + parts.path))
+    return Path(target)
+
+
+def _check_url_map(url_map: dict[str, str]) -> dict[str, str]:
+    """Refuse at start a mirror that could never serve a file, rather than on every request it maps."""
+    for prefix, target in url_map.items():
+        directory = _mirror_dir(target)
+        if directory is not None and not directory.expanduser().is_dir():
+            raise ValueError(
+                f"the target {target} (for {prefix}) is not an existing directory; "
+                "map a URL prefix to a local directory or to another http(s) URL prefix"
+            )
+    return url_map
+
+
 class Settings(BaseSettings):
     """qasr configuration. Sizes in bytes, times in seconds or milliseconds as the name says."""
 
-    model_config = SettingsConfigDict(env_prefix="QASR_", extra="ignore")
+    # Attribute docstrings become field descriptions: the CLI's --help shows them (qasr.cli).
+    model_config = SettingsConfigDict(env_prefix="QASR_", extra="ignore", use_attribute_docstrings=True)
 
     # --- model -------------------------------------------------------------------------------------
     model: str = DEFAULT_MODEL
@@ -60,7 +87,9 @@ class Settings(BaseSettings):
 
     # --- server ------------------------------------------------------------------------------------
     host: str = "127.0.0.1"
+    """Address `serve` listens on; anything but loopback needs API keys (or `--allow-open-network`)."""
     port: int = 8000
+    """TCP port `serve` listens on."""
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     """Accepted `Authorization: Bearer` keys. Empty: no auth, and `serve` binds to loopback only."""
     public_base_url: str | None = None
@@ -115,6 +144,11 @@ class Settings(BaseSettings):
     @classmethod
     def _dirs(cls, value: object) -> object:
         return _split_list(value)
+
+    @field_validator("url_map")
+    @classmethod
+    def _mirrors(cls, value: dict[str, str]) -> dict[str, str]:
+        return _check_url_map(value)
 
     @property
     def sync_limits(self) -> AudioLimits:

@@ -210,14 +210,14 @@ def test_over_byte_limit_is_refused_before_decoding() -> None:
     with pytest.raises(AudioTooLarge) as raised:
         decode_audio(garbage, AudioLimits(max_bytes=10 * 1024))
 
-    assert raised.value.message == "Audio is 19.5 KB; this server accepts at most 10 KB."
+    assert raised.value.message == "Audio is 19.5 KB; qasr accepts at most 10 KB."
 
 
 def test_over_byte_limit_file_is_refused_from_its_size(tmp_path: Path) -> None:
     path = tmp_path / "big.wav"
     path.write_bytes(np.random.default_rng(2).bytes(3 * 1024 * 1024))
 
-    with pytest.raises(AudioTooLarge, match=r"Audio is 3 MB; this server accepts at most 2 MB\."):
+    with pytest.raises(AudioTooLarge, match=r"Audio is 3 MB; qasr accepts at most 2 MB\."):
         decode_audio(path, AudioLimits(max_bytes=2 * 1024 * 1024))
 
 
@@ -229,8 +229,7 @@ def test_declared_duration_far_over_the_limit_is_refused_before_decoding() -> No
         AudioStream(twenty_minutes, AudioLimits(max_duration_s=300))
 
     assert raised.value.message == (
-        "Audio is 20 minutes long; this server accepts at most 5 minutes. "
-        "Trim it or split it into shorter files."
+        "Audio is 20 minutes long; qasr accepts at most 5 minutes. Trim it or split it into shorter files."
     )
 
 
@@ -248,7 +247,7 @@ def test_decoding_stops_as_soon_as_the_limit_is_passed() -> None:
 
     assert 300.0 < decoded_s < 302.0  # stopped within a frame of the limit, 900 s before the end
     assert raised.value.message == (
-        "Audio is longer than 5 minutes; this server accepts at most 5 minutes. "
+        "Audio is longer than 5 minutes; qasr accepts at most 5 minutes. "
         "Trim it or split it into shorter files."
     )
     with pytest.raises(AudioTooLong, match="longer than 5 minutes"):
@@ -280,7 +279,7 @@ def test_non_media_data_is_a_decode_error(data: bytes) -> None:
         decode_audio(data)
 
     assert raised.value.message.startswith(
-        "The data is not audio this server can read: it is corrupt, truncated, or another kind of file"
+        "The data is not audio qasr can read: it is corrupt, truncated, or another kind of file"
     )
     assert "(FFmpeg: Invalid data found when processing input)" in raised.value.message
 
@@ -302,9 +301,7 @@ def test_media_without_audio_is_no_audio_stream(make: Callable[[], bytes], conta
 def test_audio_whose_every_packet_is_damaged_is_a_decode_error() -> None:
     damaged = scramble_adts(encode_tone(Clip("adts", "aac")))
 
-    with pytest.raises(
-        AudioDecodeError, match="not audio this server can read: the decoder rejected every packet"
-    ):
+    with pytest.raises(AudioDecodeError, match="not audio qasr can read: the decoder rejected every packet"):
         decode_audio(damaged)
 
 
@@ -341,7 +338,7 @@ def test_a_directory_is_a_source_error(tmp_path: Path) -> None:
             "list.ffconcat",
             "ffconcat version 1.0\nfile seg.ts\n",
             AudioDecodeError,
-            "not audio this server can read",
+            "not audio qasr can read",
         ),
     ],
 )

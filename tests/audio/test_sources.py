@@ -208,7 +208,7 @@ def allow_loopback(**changes: Any) -> SourcePolicy:
 
 def test_bytes_pass_through_size_checked() -> None:
     assert fetch(b"RIFF1234") == b"RIFF1234"
-    with pytest.raises(AudioTooLarge, match=r"Audio is 2 KB; this server accepts at most 1 KB\."):
+    with pytest.raises(AudioTooLarge, match=r"Audio is 2 KB; qasr accepts at most 1 KB\."):
         fetch(bytes(2048), limits=AudioLimits(max_bytes=1024))
 
 
@@ -230,7 +230,7 @@ def test_data_uri_over_the_limit_is_refused_before_decoding() -> None:
     # Not even valid base64: refusing it as too large proves the size came first.
     uri = "data:audio/wav;base64," + "!" * 20_000
 
-    with pytest.raises(AudioTooLarge, match=r"Audio is 14.6 KB; this server accepts at most 10 KB\."):
+    with pytest.raises(AudioTooLarge, match=r"Audio is 14.6 KB; qasr accepts at most 10 KB\."):
         fetch(uri, limits=AudioLimits(max_bytes=10 * 1024))
 
 
@@ -369,7 +369,7 @@ def test_cli_policy_reads_any_file_size_checked(dirs: tuple[Path, Path]) -> None
     cli = SourcePolicy(allow_any_local=True)
 
     assert load_source_sync(str(outside / "secret.wav"), cli, NO_LIMITS) == (outside / "secret.wav").resolve()
-    with pytest.raises(AudioTooLarge, match=r"Audio is 6 bytes; this server accepts at most 5 bytes\."):
+    with pytest.raises(AudioTooLarge, match=r"Audio is 6 bytes; qasr accepts at most 5 bytes\."):
         fetch(outside / "secret.wav", cli, AudioLimits(max_bytes=5))
 
 
@@ -564,7 +564,7 @@ def test_announced_oversize_body_is_refused_from_content_length(server: _Server)
     server.routes["/big.wav"] = body(bytes(50_000))
 
     # The exact size can only come from the header: the body was never read.
-    with pytest.raises(AudioTooLarge, match=r"Audio is 48.8 KB; this server accepts at most 10 KB\."):
+    with pytest.raises(AudioTooLarge, match=r"Audio is 48.8 KB; qasr accepts at most 10 KB\."):
         fetch(server.url("/big.wav"), allow_loopback(), AudioLimits(max_bytes=10 * 1024))
 
 
@@ -572,9 +572,7 @@ def test_unannounced_oversize_body_is_cut_off_while_streaming(server: _Server) -
     total = 64 * 1024 * 1024
     server.routes["/endless.wav"] = endless(total)
 
-    with pytest.raises(
-        AudioTooLarge, match=r"Audio is larger than 64 KB; this server accepts at most 64 KB\."
-    ):
+    with pytest.raises(AudioTooLarge, match=r"Audio is larger than 64 KB; qasr accepts at most 64 KB\."):
         fetch(server.url("/endless.wav"), allow_loopback(), AudioLimits(max_bytes=64 * 1024))
 
     assert server.done.wait(timeout=10)

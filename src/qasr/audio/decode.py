@@ -224,7 +224,7 @@ class AudioStream:
         limit_s = self._limits.max_duration_s
         if limit_s is not None and self._decoded > (limit_s + PADDING_GRACE_S) * SAMPLE_RATE:
             raise AudioTooLong(
-                f"Audio is longer than {format_duration(limit_s)}; this server accepts at most "
+                f"Audio is longer than {format_duration(limit_s)}; qasr accepts at most "
                 f"{format_duration(limit_s)}. Trim it or split it into shorter files."
             )
         return block
@@ -334,7 +334,7 @@ def _refuse_nested_open(url: str, flags: int, options: dict[str, str]) -> Any:
 
 def _nested_open_error() -> ForbiddenSource:
     return ForbiddenSource(
-        "The file is a playlist or refers to other files or URLs, which this server does not follow; "
+        "The file is a playlist or refers to other files or URLs, which qasr does not follow; "
         "send the audio file itself."
     )
 
@@ -365,7 +365,7 @@ def _check_declared_duration(declared_s: float | None, limits: AudioLimits) -> N
         return
     if declared_s > limit_s * DECLARED_DURATION_MARGIN + PADDING_GRACE_S:
         raise AudioTooLong(
-            f"Audio is {format_duration(declared_s)} long; this server accepts at most "
+            f"Audio is {format_duration(declared_s)} long; qasr accepts at most "
             f"{format_duration(limit_s)}. Trim it or split it into shorter files."
         )
 
@@ -373,7 +373,7 @@ def _check_declared_duration(declared_s: float | None, limits: AudioLimits) -> N
 def _nothing_decoded(bad_packets: int) -> AudioDecodeError | EmptyAudio:
     if bad_packets:
         return AudioDecodeError(
-            "The data is not audio this server can read: the decoder rejected every packet "
+            "The data is not audio qasr can read: the decoder rejected every packet "
             "(the file is corrupt or another kind of file)."
         )
     return EmptyAudio("The file contains no audio samples; send a recording that is not empty.")
@@ -381,7 +381,7 @@ def _nothing_decoded(bad_packets: int) -> AudioDecodeError | EmptyAudio:
 
 def _unreadable_message(why: str, exc: av.error.FFmpegError) -> str:
     reason = (exc.strerror or type(exc).__name__)[:_MAX_REASON_CHARS]
-    return f"The data is not audio this server can read: {why} (FFmpeg: {reason})."
+    return f"The data is not audio qasr can read: {why} (FFmpeg: {reason})."
 
 
 def _refuse_on_event_loop(what: str) -> None:
@@ -399,7 +399,7 @@ def check_size(n_bytes: int, limits: AudioLimits) -> None:
     """Raise `AudioTooLarge` when `n_bytes` is over `limits.max_bytes`."""
     if limits.max_bytes is not None and n_bytes > limits.max_bytes:
         raise AudioTooLarge(
-            f"Audio is {format_bytes(n_bytes)}; this server accepts at most {format_bytes(limits.max_bytes)}."
+            f"Audio is {format_bytes(n_bytes)}; qasr accepts at most {format_bytes(limits.max_bytes)}."
         )
 
 

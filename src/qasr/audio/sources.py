@@ -291,7 +291,7 @@ async def _checked_hop(url: httpx.URL, policy: SourcePolicy) -> _Hop:
     trusted = bool(allowed & {_normal_host(host), _normal_host(url.host)})
     if not trusted and not all(is_public_address(a) for a in addresses):
         raise ForbiddenSource(
-            f"The audio URL's host {url.host} is on a private, loopback or link-local network; this server "
+            f"The audio URL's host {url.host} is on a private, loopback or link-local network; qasr "
             "downloads only from public hosts (an administrator can allow a host with allow_url_hosts)."
         )
     return _Hop(url=url, addresses=addresses)
@@ -370,7 +370,7 @@ async def _read_body(response: httpx.Response, limits: AudioLimits) -> bytes:
         received += len(chunk)
         if limits.max_bytes is not None and received > limits.max_bytes:
             limit = format_bytes(limits.max_bytes)
-            raise AudioTooLarge(f"Audio is larger than {limit}; this server accepts at most {limit}.")
+            raise AudioTooLarge(f"Audio is larger than {limit}; qasr accepts at most {limit}.")
         chunks.append(chunk)
     return b"".join(chunks)
 

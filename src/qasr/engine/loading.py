@@ -76,6 +76,10 @@ def resolve_model_dir(model: str) -> Path:
     path = Path(model).expanduser()
     if path.is_dir():
         return path
+    if path.is_file():
+        raise ModelLoadError(
+            f"{model} is a file; --model needs a checkpoint directory, a Hugging Face id or modelscope:<id>."
+        )
     if model.startswith(MODELSCOPE_PREFIX):
         return _from_modelscope(model[len(MODELSCOPE_PREFIX) :])
     if model.startswith((".", "/", "~")) or os.sep in model.strip("/").replace("/", "", 1):
@@ -95,7 +99,7 @@ def _from_hub(repo_id: str) -> Path:
         raise ModelLoadError(
             f"Model {repo_id} is not in the local Hugging Face cache and cannot be downloaded "
             "(offline or HF_HUB_OFFLINE=1): download it on a connected machine with "
-            f"`huggingface-cli download {repo_id}` and copy the cache (HF_HOME), or pass --model DIR."
+            f"`hf download {repo_id}` and copy the cache (HF_HOME), or pass --model DIR."
         ) from exc
     except (HfHubHTTPError, OSError, ValueError) as exc:
         raise ModelLoadError(
@@ -202,6 +206,11 @@ def load(model: str, device: str = "auto", dtype: str = "auto") -> LoadedModel:
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, dev)
     original = is_original_layout(path)
+    # transformers draws a progress bar on stderr for a load that takes well under a second on a
+    # local disk; qasr logs one line instead.
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     net = _load_original(path, torch_dtype) if original else _load_hf(path, torch_dtype)
     net = net.to(dev).eval()
     processor = _build_processor(path, original)
