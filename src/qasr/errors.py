@@ -81,8 +81,24 @@ class InvalidUploadPolicy(InvalidRequest):
     """A temporary-upload POST with a forged, expired or mismatched policy."""
 
 
+class ItnUnavailable(InvalidRequest):
+    """`enable_itn` was asked for, but this server has no ITN: WeTextProcessing (pynini) is not installed."""
+
+
 class ModelNotFound(QasrError):
     """The request names a model this server does not serve."""
+
+
+class EndpointNotFound(QasrError):
+    """The request's path is not an endpoint of this server (a typo, or a client of another API)."""
+
+
+class MethodNotAllowed(QasrError):
+    """The path is an endpoint, but not for this HTTP method; `allowed` lists the methods it takes."""
+
+    def __init__(self, message: str, allowed: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.allowed = allowed
 
 
 class Unauthorized(QasrError):

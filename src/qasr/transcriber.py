@@ -23,6 +23,7 @@ from qasr.audio.segment import SegmentationOptions, segment_stream
 from qasr.audio.sources import SourcePolicy, fetch_source
 from qasr.audio.vad import VoiceActivityDetector
 from qasr.engine.batcher import Batcher, Reservation
+from qasr.text import itn
 from qasr.text.join import join_texts
 from qasr.text.sentences import SentenceItn
 from qasr.types import (
@@ -103,6 +104,8 @@ class Transcriber:
         Errors before the first yield are the caller's to map (bad input, limits); cancelling the
         consumer cancels the model work of every segment in flight.
         """
+        if options.enable_itn:
+            itn.require()  # a clear error before any work where ITN is not installed
         data = await fetch_source(source, policy, limits)
         # From here a segment is on its way: a partial batch may wait a moment for it (Batcher).
         with self.batcher.reserve() as coming:

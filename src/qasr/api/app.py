@@ -22,12 +22,13 @@ from qasr.api.services import Services
 from qasr.engine.base import Engine
 from qasr.engine.batcher import Batcher, BatchPolicy
 from qasr.engine.threads import in_passing_thread
-from qasr.errors import AudioTooLarge, InvalidRequest, ModelNotFound
+from qasr.errors import AudioTooLarge, EndpointNotFound, InvalidRequest, MethodNotAllowed
 from qasr.settings import Settings
 from qasr.transcriber import PipelineOptions, Transcriber
 
 log = logging.getLogger(__name__)
 _UPLOAD_CLEANUP_S = 600.0
+_SHOWN_PATH_CHARS = 100  # an error message quotes at most this much of the request's path
 
 
 def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
@@ -49,7 +50,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             batcher.close()
             uploads.close()
 
-    app = FastAPI(title="qasr", version="0.1.0", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app = _new_app(lifespan)
     app.add_middleware(BodyLimit, settings=settings)
     app.include_router(dashscope_router)
     app.include_router(openai_router)
@@ -69,6 +70,27 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     return app
 
 
+def _new_app(lifespan: Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]) -> FastAPI:
+    """The bare app. `/docs` is Swagger UI from the files shipped in fastapi-offline, so it works on an
+    air-gapped site (issue 11); without that package it is off rather than loaded from a CDN.
+    `/openapi.json` is always served."""
+    common: dict[str, Any] = {
+        "title": "qasr",
+        "version": "0.1.0",
+        "lifespan": lifespan,
+        "redoc_url": None,
+        # Swagger UI would otherwise send the schema to validator.swagger.io for its badge.
+        "swagger_ui_parameters": {"validatorUrl": None},
+    }
+    try:
+        from fastapi_offline import FastAPIOffline
+    except ImportError:
+        log.info("/docs is off: install fastapi-offline to serve Swagger UI; /openapi.json is served")
+        return FastAPI(docs_url=None, **common)
+    app: FastAPI = FastAPIOffline(docs_url="/docs", static_url="/docs/assets", **common)
+    return app
+
+
 def load_engine(settings: Settings) -> Engine:
     from qasr.engine.qwen3 import Qwen3ASREngine
     from qasr.text import itn
@@ -78,7 +100,10 @@ def load_engine(settings: Settings) -> Engine:
     )
     if settings.warmup:
         engine.warmup()
-        itn.warm_up()  # compiles (first start) or loads the cached grammars before the first request
+        if itn.available():
+            itn.warm_up()  # compiles (first start) or loads the cached grammars before the first request
+        else:
+            log.info("ITN is unavailable: %s", itn.UNAVAILABLE_HINT)
     return engine
 
 
@@ -123,12 +148,31 @@ def _error(request: Request, exc: BaseException) -> JSONResponse:
     return render(request, exc)
 
 
+def _from_http(request: Request, exc: StarletteHTTPException) -> BaseException:
+    """The domain error for an HTTPException raised by the router (unknown path, wrong method)."""
+    method, path = request.method[:16], _shown(request.url.path)
+    if exc.status_code == 404:
+        return EndpointNotFound(
+            f"No such endpoint: {method} {path}. The endpoints are listed at /openapi.json."
+        )
+    if exc.status_code == 405:
+        allow = (exc.headers or {}).get("Allow", "")
+        allowed = tuple(m.strip() for m in allow.split(",") if m.strip())
+        hint = f"; use {' or '.join(allowed)}" if allowed else ""
+        return MethodNotAllowed(f"{method} is not allowed on {path}{hint}.", allowed)
+    if exc.status_code >= 500:
+        return exc  # not the client's fault: the table answers 500 and logs it
+    return InvalidRequest(f"{exc.detail}")
+
+
+def _shown(path: str) -> str:
+    return path if len(path) <= _SHOWN_PATH_CHARS else path[:_SHOWN_PATH_CHARS] + "…"
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     async def on_http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
-        if exc.status_code == 404:
-            return _error(request, ModelNotFound(f"No such endpoint: {request.method} {request.url.path}."))
-        return _error(request, InvalidRequest(f"{exc.detail}"))
+        return _error(request, _from_http(request, exc))
 
     async def on_validation(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)

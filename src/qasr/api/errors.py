@@ -25,42 +25,53 @@ class WireError:
     openai_code: str
 
 
-# Most specific classes first: the first isinstance match wins.
-_TABLE: list[tuple[type[BaseException], WireError]] = [
+# Keyed by class; `classify` takes the entry of the nearest class in the exception's MRO, so a subclass
+# with an entry of its own always gets it (no list order can let a parent shadow it), and a subclass
+# without one deliberately shares its parent's (AudioDecodeError is an AudioError: invalid_audio).
+_TABLE: dict[type[BaseException], WireError] = {
     # The client hung up while sending: nobody reads the answer, but it is not a server bug.
-    (ClientDisconnect, WireError(400, "InvalidParameter", "invalid_request_error", "client_disconnected")),
-    (e.Unauthorized, WireError(401, "InvalidApiKey", "invalid_request_error", "invalid_api_key")),
-    (e.ModelNotFound, WireError(404, "ModelNotFound", "invalid_request_error", "model_not_found")),
-    (e.Overloaded, WireError(429, "Throttling.RateQuota", "rate_limit_error", "rate_limit_exceeded")),
-    (e.InvalidUploadPolicy, WireError(403, "AccessDenied", "invalid_request_error", "access_denied")),
-    (
-        e.DownloadFailed,
-        WireError(400, "BadRequest.InputDownloadFailed", "invalid_request_error", "download_failed"),
+    ClientDisconnect: WireError(400, "InvalidParameter", "invalid_request_error", "client_disconnected"),
+    e.Unauthorized: WireError(401, "InvalidApiKey", "invalid_request_error", "invalid_api_key"),
+    e.ModelNotFound: WireError(404, "ModelNotFound", "invalid_request_error", "model_not_found"),
+    e.EndpointNotFound: WireError(404, "NotFound", "invalid_request_error", "not_found"),
+    e.MethodNotAllowed: WireError(405, "MethodNotAllowed", "invalid_request_error", "method_not_allowed"),
+    e.Overloaded: WireError(429, "Throttling.RateQuota", "rate_limit_error", "rate_limit_exceeded"),
+    e.InvalidUploadPolicy: WireError(403, "AccessDenied", "invalid_request_error", "access_denied"),
+    e.DownloadFailed: WireError(
+        400, "BadRequest.InputDownloadFailed", "invalid_request_error", "download_failed"
     ),
-    (e.ForbiddenSource, WireError(400, "InvalidURL", "invalid_request_error", "forbidden_url")),
-    (e.UnsupportedSource, WireError(400, "InvalidURL", "invalid_request_error", "invalid_url")),
-    (e.UploadNotFound, WireError(400, "InvalidURL", "invalid_request_error", "invalid_url")),
-    (e.AudioTooLarge, WireError(400, "InvalidParameter", "invalid_request_error", "audio_too_large")),
-    (e.AudioTooLong, WireError(400, "InvalidParameter", "invalid_request_error", "audio_too_long")),
-    (e.AudioError, WireError(400, "InvalidParameter", "invalid_request_error", "invalid_audio")),
-    (e.UnknownLanguage, WireError(400, "InvalidParameter", "invalid_request_error", "unsupported_language")),
-    (e.InvalidRequest, WireError(400, "InvalidParameter", "invalid_request_error", "invalid_parameter")),
-    (e.RequestTimeout, WireError(504, "RequestTimeOut", "server_error", "timeout")),
-    (e.EngineUnavailable, WireError(503, "ServiceUnavailable", "server_error", "service_unavailable")),
-]
+    e.ForbiddenSource: WireError(400, "InvalidURL", "invalid_request_error", "forbidden_url"),
+    e.UnsupportedSource: WireError(400, "InvalidURL", "invalid_request_error", "invalid_url"),
+    e.UploadNotFound: WireError(400, "InvalidURL", "invalid_request_error", "invalid_url"),
+    e.AudioTooLarge: WireError(400, "InvalidParameter", "invalid_request_error", "audio_too_large"),
+    e.AudioTooLong: WireError(400, "InvalidParameter", "invalid_request_error", "audio_too_long"),
+    e.AudioError: WireError(400, "InvalidParameter", "invalid_request_error", "invalid_audio"),
+    e.UnknownLanguage: WireError(400, "InvalidParameter", "invalid_request_error", "unsupported_language"),
+    e.ItnUnavailable: WireError(400, "InvalidParameter", "invalid_request_error", "itn_unavailable"),
+    e.InvalidRequest: WireError(400, "InvalidParameter", "invalid_request_error", "invalid_parameter"),
+    e.RequestTimeout: WireError(504, "RequestTimeOut", "server_error", "timeout"),
+    e.EngineUnavailable: WireError(503, "ServiceUnavailable", "server_error", "service_unavailable"),
+}
 _INTERNAL = WireError(500, "InternalError", "server_error", "internal_error")
 _INTERNAL_MESSAGE = "An internal error occurred; the server logged the details."
 
 
 def classify(exc: BaseException) -> tuple[WireError, str]:
     """The wire error and the user-facing message for `exc`."""
-    for cls, wire in _TABLE:
-        if isinstance(exc, cls):
-            if isinstance(exc, e.QasrError):
-                return wire, exc.message
-            return wire, "The client closed the connection before the request arrived."
-    log.error("internal error", exc_info=exc)
-    return _INTERNAL, _INTERNAL_MESSAGE
+    wire = next((_TABLE[cls] for cls in type(exc).__mro__ if cls in _TABLE), None)
+    if wire is None:
+        log.error("internal error", exc_info=exc)
+        return _INTERNAL, _INTERNAL_MESSAGE
+    if isinstance(exc, e.QasrError):
+        return wire, exc.message
+    return wire, "The client closed the connection before the request arrived."
+
+
+def wire_headers(exc: BaseException) -> dict[str, str]:
+    """Headers the status of `exc` calls for: `Allow` with a 405 (RFC 9110 section 15.5.6)."""
+    if isinstance(exc, e.MethodNotAllowed) and exc.allowed:
+        return {"Allow": ", ".join(exc.allowed)}
+    return {}
 
 
 def dashscope_body(exc: BaseException, request_id: str) -> tuple[int, dict[str, str]]:

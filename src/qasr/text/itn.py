@@ -40,10 +40,15 @@ English (AP style)
 
 Grammars are compiled once per machine and cached (`$QASR_ITN_CACHE_DIR`, default `~/.cache/qasr/itn`);
 loading is lazy and thread-safe, and `warm_up()` does it ahead of the first request.
+
+ITN is optional (issue 11): WeTextProcessing brings pynini, which has wheels only for Linux x86_64.
+Nothing here imports them until ITN runs; without them `available()` is False and asking for ITN
+raises `ItnUnavailable` (a 400 that says how to install it), while everything else works.
 """
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import logging
 import os
@@ -54,8 +59,10 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from qasr.errors import ItnUnavailable
 from qasr.text.languages import ALIASES, NAME_TO_CODE
 
 if TYPE_CHECKING:
@@ -65,6 +72,37 @@ logger = logging.getLogger(__name__)
 
 ITN_CACHE_ENV = "QASR_ITN_CACHE_DIR"
 GRAMMAR_OF = {"zh": "zh", "yue": "zh", "en": "en"}  # language code -> grammar
+UNAVAILABLE_HINT = (
+    "ITN (enable_itn) needs WeTextProcessing, which is not installed on this server: "
+    "`pip install WeTextProcessing==1.2.0` (wheels for Linux x86_64; elsewhere pynini must be built "
+    "from source)."
+)
+
+
+def available() -> bool:
+    """Whether ITN can run here: WeTextProcessing and pynini import."""
+    try:
+        _rules()
+    except ItnUnavailable:
+        return False
+    return True
+
+
+def require() -> None:
+    """Raise `ItnUnavailable` unless ITN can run here; for callers that check before starting work."""
+    _rules()
+
+
+def _rules() -> ModuleType:
+    """`qasr.text.itn_rules`, which imports pynini and WeTextProcessing; imported on first use.
+
+    Python does not cache a failed import: without the package each ITN request repeats the lookup (a
+    few file checks) and gets the clear error, never a crash.
+    """
+    try:
+        return importlib.import_module("qasr.text.itn_rules")
+    except ImportError as exc:
+        raise ItnUnavailable(UNAVAILABLE_HINT, param="enable_itn") from exc
 
 
 def default_cache_dir() -> Path:
@@ -100,12 +138,15 @@ class InverseNormalizer:
         self._tag_lock = threading.Lock()
 
     def apply(self, text: str, language: str | None) -> str:
-        """`text` with spoken forms written out; unchanged for languages without ITN."""
+        """`text` with spoken forms written out; unchanged for languages without ITN.
+
+        Raises `ItnUnavailable` for a language with ITN when WeTextProcessing is not installed.
+        """
         grammar = grammar_for(language)
         if grammar is None or not text.strip() or _has_surrogates(text):
             return text
         fst = self._tagger(grammar)
-        from qasr.text import itn_rules
+        itn_rules = _rules()
 
         try:
             folded = _fold(text, grammar)
@@ -120,7 +161,10 @@ class InverseNormalizer:
             return text
 
     def warm_up(self, languages: tuple[str, ...] = ("zh", "en")) -> dict[str, float]:
-        """Load the grammars for `languages` now; returns the seconds each took (0.0 if already loaded)."""
+        """Load the grammars for `languages` now; returns the seconds each took (0.0 if already loaded).
+
+        Raises `ItnUnavailable` without WeTextProcessing: check `available()` first to skip quietly.
+        """
         grammars = sorted({g for g in map(grammar_for, languages) if g is not None})
         return {grammar: self._load(grammar) for grammar in grammars}
 
@@ -134,9 +178,7 @@ class InverseNormalizer:
             if grammar in self._taggers:
                 return 0.0
             started = time.perf_counter()
-            from qasr.text import itn_rules
-
-            self._taggers[grammar] = itn_rules.load_tagger(grammar, self.cache_dir)
+            self._taggers[grammar] = _rules().load_tagger(grammar, self.cache_dir)
             seconds = time.perf_counter() - started
             logger.info("ITN grammar %s ready in %.2f s (cache %s)", grammar, seconds, self.cache_dir)
             return seconds

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from qasr.api.dashscope import protocol
 from qasr.api.errors import dashscope_body
-from qasr.api.routing import dashscope_error, guarded_route, read_json, request_id
+from qasr.api.routing import dashscope_error, guarded_route, json_body, read_json, request_id
 from qasr.api.services import Services, services
 from qasr.errors import InvalidRequest
 from qasr.types import Delta, Transcript
@@ -30,7 +30,10 @@ def _scheme(audio: str) -> str:
     return f"{head}://" if head in {"http", "https", "oss", "file"} else head
 
 
-@router.post("/api/v1/services/aigc/multimodal-generation/generation")
+@router.post(
+    "/api/v1/services/aigc/multimodal-generation/generation",
+    openapi_extra=json_body(protocol.GenerationRequest),
+)
 async def generation(request: Request) -> Response:
     svc = services(request)
     rid = request_id(request)

@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException
 
 from qasr.api.errors import openai_body
 from qasr.api.openai import protocol
-from qasr.api.routing import guarded_route, openai_error, read_json
+from qasr.api.routing import form_body, guarded_route, json_body, openai_error, read_json
 from qasr.api.services import Services, services
 from qasr.audio.decode import check_size
 from qasr.errors import InvalidRequest
@@ -92,8 +92,18 @@ async def models(request: Request) -> Response:
 
 
 for _prefix in PREFIXES:
-    router.add_api_route(f"{_prefix}/chat/completions", chat_completions, methods=["POST"])
-    router.add_api_route(f"{_prefix}/audio/transcriptions", transcriptions, methods=["POST"])
+    router.add_api_route(
+        f"{_prefix}/chat/completions",
+        chat_completions,
+        methods=["POST"],
+        openapi_extra=json_body(protocol.ChatCompletionRequest),
+    )
+    router.add_api_route(
+        f"{_prefix}/audio/transcriptions",
+        transcriptions,
+        methods=["POST"],
+        openapi_extra=form_body(protocol.TranscriptionForm),
+    )
     router.add_api_route(f"{_prefix}/models", models, methods=["GET"])
 
 
