@@ -112,6 +112,10 @@ class Overloaded(QasrError):
     """The request queue is full; the caller should retry later."""
 
 
+class QueueTimeout(Overloaded):
+    """The request waited for the model past its deadline and was dropped before it ran."""
+
+
 class EngineUnavailable(QasrError):
     """The model worker is not running (failed to start, or died)."""
 

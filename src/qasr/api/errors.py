@@ -52,6 +52,8 @@ _TABLE: dict[type[BaseException], WireError] = {
     e.RequestTimeout: WireError(504, "RequestTimeOut", "server_error", "timeout"),
     e.EngineUnavailable: WireError(503, "ServiceUnavailable", "server_error", "service_unavailable"),
 }
+RETRY_AFTER_S = 1
+"""What a 429 tells the client to wait before retrying (seconds)."""
 _INTERNAL = WireError(500, "InternalError", "server_error", "internal_error")
 _INTERNAL_MESSAGE = "An internal error occurred; the server logged the details."
 
@@ -71,6 +73,8 @@ def wire_headers(exc: BaseException) -> dict[str, str]:
     """Headers the status of `exc` calls for: `Allow` with a 405 (RFC 9110 section 15.5.6)."""
     if isinstance(exc, e.MethodNotAllowed) and exc.allowed:
         return {"Allow": ", ".join(exc.allowed)}
+    if isinstance(exc, e.Overloaded):
+        return {"Retry-After": str(RETRY_AFTER_S)}
     return {}
 
 

@@ -1,41 +1,48 @@
-"""The engine interface: a handful of methods every backend provides."""
+"""What the scheduler and the pipeline need from a model backend: a `Job` per request in a batch, and
+the speech-recognition engine's interface. The scheduler itself needs less (`ModelWork` in
+`qasr.engine.scheduler`): every backend (the recognizer, the forced aligner) provides that much."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from qasr.types import Delta, EngineRequest, EngineResult
 
+Req = TypeVar("Req")
+
 
 @dataclass
-class Job:
+class Job(Generic[Req]):
     """One request inside a model batch, with optional live hooks.
 
-    `on_delta` is called from the model thread with each new piece of text; `cancelled` is polled
+    `on_delta` is called from the model thread with each new piece of output; `cancelled` is polled
     once per generated token, and a True answer ends that row (the rest of the batch goes on).
     """
 
-    request: EngineRequest
-    on_delta: Callable[[Delta], None] | None = None
+    request: Req
+    on_delta: Callable[[Any], None] | None = None
     cancelled: Callable[[], bool] | None = None
     prepared: object | None = None
-    """What the engine's `prepare` made of the request ahead of the batch, if it has one."""
+    """What the engine's `prepare` made of the request ahead of the batch."""
 
 
 class Engine(Protocol):
-    """What the pipeline and the batcher need from a speech-recognition backend.
-
-    A backend may also offer `prepare(request) -> object`: per-clip work that needs no model (features,
-    prompt ids). The batcher then runs it in its preparation thread, in parallel with the model, and
-    hands the result over in `Job.prepared`; without it, `run` does all the work on the model thread.
-    """
+    """A speech-recognition backend: what the scheduler calls, plus direct use without one."""
 
     name: str
     """The model's name (its hub id or directory), listed by the APIs."""
 
-    def run(self, jobs: Sequence[Job]) -> list[EngineResult]:
+    def prepare(self, request: EngineRequest) -> object:
+        """Per-clip work that needs no model (features, prompt ids), for `Job.prepared`."""
+        ...
+
+    def size(self, request: EngineRequest) -> int:
+        """The clip's length in samples: similar lengths are batched together (less padding)."""
+        ...
+
+    def run(self, jobs: Sequence[Job[EngineRequest]]) -> list[EngineResult]:
         """Transcribe a batch; blocking; call from a worker thread, never the event loop."""
         ...
 
@@ -49,8 +56,4 @@ class Engine(Protocol):
 
     def count_text_tokens(self, text: str) -> int:
         """Tokens of `text` in the model's tokenizer."""
-        ...
-
-    def count_audio_tokens(self, num_samples: int) -> int:
-        """Audio placeholder tokens the model sees for a clip of `num_samples` 16 kHz samples."""
         ...
