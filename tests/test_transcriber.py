@@ -14,21 +14,17 @@ import pytest
 
 from qasr.audio.segment import SegmentationOptions
 from qasr.engine.base import Job
-from qasr.engine.batcher import Batcher
 from qasr.engine.qwen3 import Qwen3ASREngine
-from qasr.transcriber import PipelineOptions, Transcriber, _Collector
+from qasr.engine.scheduler import Scheduler
+from qasr.transcriber import PipelineOptions, Transcriber, TranscriptBuilder
 from qasr.types import AudioInfo, Delta, EngineResult, Segment, TranscribeOptions, Transcript
-from tests.helpers import synthesize
+from tests.helpers import EngineWrapper, synthesize
 
 
-class _Counting:
+class _Counting(EngineWrapper):
     def __init__(self, inner: Qwen3ASREngine) -> None:
-        self.inner = inner
-        self.name = inner.name
+        super().__init__(inner)
         self.requests = 0
-
-    def count_text_tokens(self, text: str) -> int:
-        return self.inner.count_text_tokens(text)
 
     def run(self, jobs: Sequence[Job]) -> list[EngineResult]:
         self.requests += len(jobs)
@@ -54,13 +50,13 @@ def _run(
     data = source.read_bytes() if isinstance(source, Path) else source
 
     async def main() -> list:
-        batcher = Batcher(engine)  # type: ignore[arg-type]
-        batcher.start()
+        scheduler = Scheduler(engine)  # type: ignore[arg-type]
+        scheduler.start()
         try:
-            transcriber = Transcriber(batcher, options=options)
+            transcriber = Transcriber(scheduler, options=options)
             return [item async for item in transcriber.stream(data, TranscribeOptions(**kw))]  # type: ignore[arg-type]
         finally:
-            batcher.close()
+            scheduler.close()
 
     return asyncio.run(main())
 
@@ -144,7 +140,7 @@ def test_forced_language_and_context_reach_every_segment(
 
 
 def test_whole_file_language_is_the_longest_spoken() -> None:
-    collector = _Collector()
+    collector = TranscriptBuilder()
     result = EngineResult("x", "en", 1, 0, 1)
     for seg, lang in [((0, 10), "en"), ((10, 12), "zh"), ((12, 15), "zh"), ((15, 16), None)]:
         collector.append("x", new_segment=True)
@@ -158,26 +154,26 @@ def test_whole_file_language_is_the_longest_spoken() -> None:
 def test_the_announced_segment_is_released_whatever_happens(
     engine: Qwen3ASREngine, speech_with_pauses: tuple
 ) -> None:
-    """The transcriber reserves a batch slot for its first segment (`Batcher.reserve`); after a
+    """The transcriber takes a place in the queue before anything else (`Scheduler.admit`); after a
     transcription with speech, one with only silence, and one that fails to decode, none is left
     open (an open one would make every partial batch wait its `max_hold_ms`)."""
     from qasr.errors import AudioDecodeError
 
     path, _ = speech_with_pauses
 
-    async def main() -> Batcher:
-        batcher = Batcher(_Counting(engine))  # type: ignore[arg-type]
-        batcher.start()
+    async def main() -> Scheduler:
+        scheduler = Scheduler(_Counting(engine))  # type: ignore[arg-type]
+        scheduler.start()
         try:
-            transcriber = Transcriber(batcher)
+            transcriber = Transcriber(scheduler)
             speech = await transcriber.transcribe(path.read_bytes(), TranscribeOptions())
             assert speech.text
             silence = await transcriber.transcribe(_wav(np.zeros(16000 * 3, np.float32)), TranscribeOptions())
             assert silence.text == ""
             with pytest.raises(AudioDecodeError):
                 await transcriber.transcribe(b"not audio at all" * 100, TranscribeOptions())
-            return batcher
+            return scheduler
         finally:
-            batcher.close()
+            scheduler.close()
 
     assert asyncio.run(main()).arriving == 0

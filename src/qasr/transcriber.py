@@ -1,10 +1,13 @@
 """The pipeline as one story: source -> decode -> segment -> engine -> text.
 
 `Transcriber.stream` is the only path: it yields `Delta`s in order and ends with the `Transcript`;
-`transcribe` just keeps the last item. Decoding and voice-activity detection run in a worker thread
-and hand segments over through a small bounded queue, so a multi-hour file is never in memory at
-once; segments go to the batcher as they come (a few in flight), and their text is released in
-order.
+`transcribe` just keeps the last item. A place in the model's queue is taken first (`admit`), so an
+overloaded server refuses before fetching or decoding anything. Decoding and segmentation run in a
+worker thread and hand segments over through a small bounded queue, so a multi-hour file is never in
+memory at once; segments go to the scheduler as they come (a few in flight, each through a
+`SegmentRunner`), and their text is released in order and collected by a `TranscriptBuilder`.
+Segmentation (`qasr.audio.segment`) and the segment runner do not care where audio comes from: live
+sessions push audio into the same parts.
 """
 
 from __future__ import annotations
@@ -12,22 +15,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from qasr.audio.decode import AudioStream
-from qasr.audio.segment import SegmentationOptions, segment_stream
+from qasr.audio.segment import SegmentationOptions, Segmenter, SpeechSegmenter, WindowSegmenter
 from qasr.audio.sources import SourcePolicy, fetch_source
 from qasr.audio.vad import VoiceActivityDetector
-from qasr.engine.batcher import Batcher, Reservation
+from qasr.engine.scheduler import Admission, Priority, Scheduler
 from qasr.text import itn
 from qasr.text.join import join_texts
 from qasr.text.sentences import SentenceItn
 from qasr.types import (
-    SAMPLE_RATE,
     AudioInfo,
     AudioLimits,
     Delta,
@@ -55,9 +58,12 @@ class PipelineOptions:
     use_vad: bool = True
     """False: no voice-activity detection; audio is cut into fixed windows and silence is not gated."""
     segments_in_flight: int = 8
-    """Segments of one input submitted to the batcher at once (bounds memory and keeps batches full)."""
+    """Segments of one input submitted to the scheduler at once (bounds memory and keeps batches full)."""
     decode_chunk_s: float = 10.0
     """Size of the decoded blocks handed to the VAD."""
+
+
+AsrScheduler = Scheduler[EngineRequest, EngineResult]
 
 
 class Transcriber:
@@ -65,15 +71,21 @@ class Transcriber:
 
     def __init__(
         self,
-        batcher: Batcher,
+        scheduler: AsrScheduler,
         vad: VoiceActivityDetector | None = None,
         options: PipelineOptions | None = None,
     ) -> None:
-        self.batcher = batcher
+        self.scheduler = scheduler
         self.options = options or PipelineOptions()
         if self.options.use_vad and vad is None:
             vad = VoiceActivityDetector()
         self.vad = vad
+
+    def segmenter(self) -> Segmenter:
+        """A fresh segmenter for one audio stream, as configured."""
+        if self.vad is not None:
+            return SpeechSegmenter(self.vad, self.options.segmentation)
+        return WindowSegmenter(self.options.segmentation.max_segment_s)
 
     async def transcribe(
         self,
@@ -82,10 +94,15 @@ class Transcriber:
         limits: AudioLimits = _NO_LIMITS,
         policy: SourcePolicy = _SAFE_POLICY,
         progress: ProgressCallback | None = None,
+        *,
+        priority: Priority = Priority.INTERACTIVE,
+        admission: Admission | None = None,
     ) -> Transcript:
         """Transcribe one input completely."""
         result: Transcript | None = None
-        async for item in self.stream(source, options, limits, policy, progress):
+        async for item in self.stream(
+            source, options, limits, policy, progress, priority=priority, admission=admission
+        ):
             if isinstance(item, Transcript):
                 result = item
         assert result is not None  # stream always ends with the transcript
@@ -98,23 +115,28 @@ class Transcriber:
         limits: AudioLimits = _NO_LIMITS,
         policy: SourcePolicy = _SAFE_POLICY,
         progress: ProgressCallback | None = None,
-    ) -> AsyncIterator[Delta | Transcript]:
+        *,
+        priority: Priority = Priority.INTERACTIVE,
+        admission: Admission | None = None,
+    ) -> AsyncGenerator[Delta | Transcript, None]:
         """Yield text as it is recognised (in order), then the final `Transcript`.
 
-        Errors before the first yield are the caller's to map (bad input, limits); cancelling the
-        consumer cancels the model work of every segment in flight.
+        `admission`: a place in the model's queue the caller took already (it stays the caller's to
+        release); without one, a place of class `priority` is taken here, before anything is fetched.
+        Errors before the first yield are the caller's to map (overload, bad input, limits);
+        cancelling the consumer cancels the model work of every segment in flight.
         """
         if options.enable_itn:
             itn.require()  # a clear error before any work where ITN is not installed
-        data = await fetch_source(source, policy, limits)
-        # From here a segment is on its way: a partial batch may wait a moment for it (Batcher).
-        with self.batcher.reserve() as coming:
+        place = admission if admission is not None else self.scheduler.admit(priority)
+        try:
+            data = await fetch_source(source, policy, limits)
             audio = await asyncio.to_thread(AudioStream, data, limits)
-            segments = _SegmentFeed(audio, self.vad, self.options)
-            collector = _Collector()
+            segments = _SegmentFeed(audio, self.segmenter(), self.options)
+            builder = TranscriptBuilder(options.language)
             try:
                 segments.start()
-                async for item in self._run_segments(segments, options, collector, progress, coming):
+                async for item in self._run_segments(segments, options, builder, progress, place):
                     yield item
                 info = audio.info
             finally:
@@ -122,20 +144,23 @@ class Transcriber:
                 # Synchronous on purpose: it is quick and thread-safe, and an await here would be
                 # skipped when the consumer was cancelled (a client that hung up), leaking the input.
                 audio.close()
-        yield collector.transcript(info)
+        finally:
+            if admission is None:
+                place.release()
+        yield builder.transcript(info)
 
     async def _run_segments(
         self,
         feed: _SegmentFeed,
         options: TranscribeOptions,
-        collector: _Collector,
+        builder: TranscriptBuilder,
         progress: ProgressCallback | None,
-        coming: Reservation,
+        admission: Admission,
     ) -> AsyncIterator[Delta]:
         """Submit segments as they arrive, a few at a time; release each one's deltas in order.
 
-        The first segment's submit uses the `coming` reservation; the feed's end releases it."""
-        in_flight: list[_SegmentJob] = []
+        Audio without a single segment ends the admission's wait at once (`arrived`)."""
+        in_flight: list[SegmentRunner] = []
         exhausted = False
         try:
             while in_flight or not exhausted:
@@ -145,32 +170,34 @@ class Transcriber:
                     item = await feed.next()
                     if item is None:
                         exhausted = True
-                        coming.release()
+                        admission.arrived()
                         break
-                    in_flight.append(_SegmentJob.start(self.batcher, item, options, coming))
+                    segment, samples = item
+                    request = EngineRequest(samples, options.context, options.language)
+                    runner = SegmentRunner(segment, options.enable_itn)
+                    runner.submit(self.scheduler, request, admission)
+                    in_flight.append(runner)
                 if not in_flight:
                     break
                 head = in_flight.pop(0)
-                async for delta in head.deltas(collector):
+                async for delta in head.deltas(builder):
                     yield delta
                 if progress is not None:
-                    progress(len(collector.segments), head.segment.end_s)
+                    progress(len(builder.segments), head.segment.end_s)
         finally:
-            for job in in_flight:
-                job.task.cancel()
-            for job in in_flight:
+            for runner in in_flight:
+                runner.cancel()
+            for runner in in_flight:
                 with contextlib.suppress(BaseException):
-                    await job.task
+                    await runner.task  # type: ignore[misc]
 
 
 class _SegmentFeed:
-    """Decode + VAD in a worker thread, handing (Segment, samples) over through a bounded queue."""
+    """Decode + segmentation in a worker thread, handing (Segment, samples) over through a bounded queue."""
 
-    def __init__(
-        self, audio: AudioStream, vad: VoiceActivityDetector | None, options: PipelineOptions
-    ) -> None:
+    def __init__(self, audio: AudioStream, segmenter: Segmenter, options: PipelineOptions) -> None:
         self.audio = audio
-        self.vad = vad
+        self.segmenter = segmenter
         self.options = options
         self.queue: asyncio.Queue[object] = asyncio.Queue(maxsize=2)
         self._stop = threading.Event()
@@ -200,21 +227,9 @@ class _SegmentFeed:
         return item  # type: ignore[return-value]
 
     def _segments(self) -> Iterator[tuple[Segment, np.ndarray]]:
-        chunks = self.audio.chunks(self.options.decode_chunk_s)
-        if self.vad is not None:
-            yield from segment_stream(chunks, self.vad, self.options.segmentation)
-            return
-        # Without VAD: fixed windows, nothing gated.
-        window = int(self.options.segmentation.max_segment_s * SAMPLE_RATE)
-        start = 0
-        buffer = np.zeros(0, dtype=np.float32)
-        for chunk in chunks:
-            buffer = np.concatenate([buffer, chunk])
-            while len(buffer) >= window:
-                yield Segment(start / SAMPLE_RATE, (start + window) / SAMPLE_RATE), buffer[:window]
-                buffer, start = buffer[window:], start + window
-        if len(buffer):
-            yield Segment(start / SAMPLE_RATE, (start + len(buffer)) / SAMPLE_RATE), buffer
+        for chunk in self.audio.chunks(self.options.decode_chunk_s):
+            yield from self.segmenter.push(chunk)
+        yield from self.segmenter.finish()
 
     def _produce(self) -> None:
         try:
@@ -240,69 +255,89 @@ class _SegmentFeed:
         return False
 
 
-@dataclass
-class _SegmentJob:
-    segment: Segment
-    task: asyncio.Task[EngineResult]
-    pieces: asyncio.Queue[Delta]
-    itn: SentenceItn
-    started: bool = False
+class SegmentRunner:
+    """One segment's trip through the model: submit it, then release its text in order as it is
+    written, with ITN applied per sentence, and record the result in a `TranscriptBuilder`.
 
-    @classmethod
-    def start(
-        cls,
-        batcher: Batcher,
-        item: tuple[Segment, np.ndarray],
-        options: TranscribeOptions,
-        reservation: Reservation | None = None,
-    ) -> _SegmentJob:
-        segment, samples = item
-        pieces: asyncio.Queue[Delta] = asyncio.Queue()
-        request = EngineRequest(samples=samples, context=options.context, language=options.language)
-        task = asyncio.ensure_future(batcher.submit(request, pieces.put_nowait, reservation))
-        return cls(segment, task, pieces, SentenceItn(options.enable_itn))
+    Shared by file transcription and live sessions; it does not care where the audio came from."""
 
-    async def deltas(self, collector: _Collector) -> AsyncIterator[Delta]:
-        """This segment's text as it is written, with ITN applied per sentence; then record it."""
+    def __init__(self, segment: Segment, enable_itn: bool) -> None:
+        self.segment = segment
+        self.pieces: asyncio.Queue[Delta] = asyncio.Queue()
+        self.itn = SentenceItn(enable_itn)
+        self.task: asyncio.Future[EngineResult] | None = None
+        self._started = False
+
+    def submit(
+        self,
+        scheduler: AsrScheduler,
+        request: EngineRequest,
+        admission: Admission | None = None,
+        priority: Priority = Priority.INTERACTIVE,
+    ) -> None:
+        """Queue the segment's model request; its deltas arrive in `pieces`."""
+        work = scheduler.submit(request, self._piece, priority=priority, admission=admission)
+        self.task = asyncio.ensure_future(work)
+
+    def _piece(self, delta: object) -> None:
+        assert isinstance(delta, Delta)
+        self.pieces.put_nowait(delta)
+
+    def cancel(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+    async def deltas(self, builder: TranscriptBuilder) -> AsyncIterator[Delta]:
+        """This segment's text as it is written, then record the result in `builder`."""
+        assert self.task is not None, "submit first"
         language: str | None = None
+        tokens = 0
         while True:
             getter = asyncio.ensure_future(self.pieces.get())
-            done, _ = await asyncio.wait({getter, self.task}, return_when=asyncio.FIRST_COMPLETED)
+            waiters: set[asyncio.Future[Any]] = {getter, self.task}
+            done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             if getter not in done:
                 getter.cancel()
                 break
             piece = getter.result()
-            language = piece.language or language
+            language, tokens = piece.language or language, piece.output_tokens
             text = self.itn.push(piece.text, language)
             if text or piece.language:
-                yield Delta(self._join(collector, text), language)
+                yield Delta(self._join(builder, text), language, builder.output_tokens + tokens)
         result = self.task.result()  # raises the engine's error, if any
         while not self.pieces.empty():  # deltas that landed together with the result
             piece = self.pieces.get_nowait()
-            language = piece.language or language
+            language, tokens = piece.language or language, piece.output_tokens
             text = self.itn.push(piece.text, language)
             if text:
-                yield Delta(self._join(collector, text), language)
+                yield Delta(self._join(builder, text), language, builder.output_tokens + tokens)
         tail = self.itn.finish(result.language)
         if tail:
-            yield Delta(self._join(collector, tail), result.language)
-        collector.add(self.segment, result, self.itn.text)
+            yield Delta(
+                self._join(builder, tail), result.language, builder.output_tokens + result.output_tokens
+            )
+        builder.add(self.segment, result, self.itn.text)
 
-    def _join(self, collector: _Collector, text: str) -> str:
+    def _join(self, builder: TranscriptBuilder, text: str) -> str:
         """Only the first text of a segment may get a separator from the previous segment's text."""
         if not text:
             return ""
-        delta = collector.append(text, new_segment=not self.started)
-        self.started = True
+        delta = builder.append(text, new_segment=not self._started)
+        self._started = True
         return delta
 
 
-class _Collector:
+class TranscriptBuilder:
     """Builds the transcript from finished segments, and joins deltas across segment borders."""
 
-    def __init__(self) -> None:
+    def __init__(self, forced_language: str | None = None) -> None:
+        """`forced_language`: the code the caller forced; the transcript's language when no segment
+        reached the model (silence), as the cloud reports it."""
+        self.forced_language = forced_language
         self.segments: list[Segment] = []
         self.results: list[EngineResult] = []
+        self.output_tokens = 0
+        """Tokens the model generated for the finished segments."""
         self._text = ""
 
     def append(self, piece: str, new_segment: bool) -> str:
@@ -315,6 +350,7 @@ class _Collector:
     def add(self, segment: Segment, result: EngineResult, text: str) -> None:
         self.segments.append(Segment(segment.start_s, segment.end_s, text, result.language))
         self.results.append(result)
+        self.output_tokens += result.output_tokens
 
     def transcript(self, info: AudioInfo) -> Transcript:
         # The whole file's language is the one spoken longest; mixed audio lists every one, longest first.
@@ -333,7 +369,7 @@ class _Collector:
         )
         return Transcript(
             text=self._text,
-            language=languages[0] if languages else None,
+            language=languages[0] if languages else self.forced_language,
             duration_s=info.duration_s,
             segments=tuple(s for s in self.segments if s.text),
             usage=usage,

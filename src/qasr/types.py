@@ -72,6 +72,10 @@ class EngineRequest:
     context: str = ""
     language: str | None = None
     """DashScope code to force, or None to let the model detect it."""
+    prefix: str = ""
+    """Transcript text the assistant turn is forced to start with; the model continues it (live
+    decoding reuses the text it has settled, docs/spec/realtime.md). Needs `language`: the header
+    `language X<asr_text>` is written before it. The result's text includes it; deltas do not."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,9 @@ class Delta:
 
     text: str
     language: str | None = None
+    output_tokens: int = 0
+    """Tokens the model has generated so far for the request (or transcription) this delta belongs
+    to, counted where the model runs: the APIs report usage from it without re-tokenizing text."""
 
 
 @dataclass(frozen=True)

@@ -66,31 +66,83 @@ class SegmentationOptions:
             raise ValueError(f"threshold must be between 0 and 1, got {self.threshold}")
 
 
+class SpeechSegmenter:
+    """Push-based segmentation: `push(samples)` as audio arrives (a file being decoded, a live
+    microphone), `finish()` at its end; each returns the `(Segment, samples)` that became final.
+
+    Times are on the timeline of everything pushed so far; `samples` is a float32 copy of that
+    stretch. Memory stays bounded (see the module docstring). One segmenter per audio stream: the VAD
+    state is its own.
+    """
+
+    def __init__(self, vad: VoiceActivityDetector, options: SegmentationOptions | None = None) -> None:
+        self._planner = _Planner(options or SegmentationOptions())
+        self._vad = vad.stream()
+        self._audio = _AudioBuffer()
+
+    @property
+    def received_s(self) -> float:
+        """Seconds of audio pushed so far."""
+        return self._audio.end / SAMPLE_RATE
+
+    def push(self, chunk: np.ndarray) -> list[tuple[Segment, np.ndarray]]:
+        """Add 16 kHz mono float samples in [-1, 1] (any size; copied on arrival)."""
+        if chunk.ndim != 1 or not np.issubdtype(chunk.dtype, np.floating):
+            raise ValueError(f"expected 1-D float mono chunks, got {chunk.dtype} of shape {chunk.shape}")
+        # A copy: the caller may reuse its buffer, and a view would pin a caller's whole array.
+        samples = chunk.astype(np.float32, copy=True)
+        self._audio.append(samples)
+        out = [_cut(self._audio, a, b) for a, b in self._planner.push(self._vad.feed(samples))]
+        self._audio.drop_before(self._planner.keep_from)
+        return out
+
+    def finish(self) -> list[tuple[Segment, np.ndarray]]:
+        """End of audio: the segments still open."""
+        spans = [*self._planner.push(self._vad.flush()), *self._planner.finish(self._audio.end)]
+        return [_cut(self._audio, a, b) for a, b in spans]
+
+
+class WindowSegmenter:
+    """The same interface without voice-activity detection: fixed windows of `max_segment_s`, and
+    nothing gated (silence goes to the model too)."""
+
+    def __init__(self, max_segment_s: float) -> None:
+        self._window = int(max_segment_s * SAMPLE_RATE)
+        self._start = 0
+        self._buffer = np.zeros(0, dtype=np.float32)
+
+    def push(self, chunk: np.ndarray) -> list[tuple[Segment, np.ndarray]]:
+        self._buffer = np.concatenate([self._buffer, chunk.astype(np.float32, copy=False)])
+        out = []
+        while len(self._buffer) >= self._window:
+            out.append(self._take(self._window))
+        return out
+
+    def finish(self) -> list[tuple[Segment, np.ndarray]]:
+        return [self._take(len(self._buffer))] if len(self._buffer) else []
+
+    def _take(self, n: int) -> tuple[Segment, np.ndarray]:
+        piece, self._buffer = self._buffer[:n], self._buffer[n:]
+        segment = Segment(self._start / SAMPLE_RATE, (self._start + n) / SAMPLE_RATE)
+        self._start += n
+        return segment, piece
+
+
+Segmenter = SpeechSegmenter | WindowSegmenter
+"""Either way of cutting audio: both take `push(samples)` and `finish()`."""
+
+
 def segment_stream(
     chunks: Iterable[np.ndarray],
     vad: VoiceActivityDetector,
     options: SegmentationOptions | None = None,
 ) -> Iterator[tuple[Segment, np.ndarray]]:
-    """Yield `(Segment(start_s, end_s), samples)` for each speech segment, as soon as it is final.
-
-    `chunks` are 16 kHz mono float arrays in [-1, 1] of any sizes (each is copied on arrival); times
-    are on the timeline of their concatenation, and `samples` is a float32 copy of that stretch. The VAD
-    state is fresh for every call.
-    """
-    planner = _Planner(options or SegmentationOptions())
-    vad_stream = vad.stream()
-    audio = _AudioBuffer()
+    """Yield `(Segment(start_s, end_s), samples)` for each speech segment of `chunks`, as soon as it is
+    final (a `SpeechSegmenter` fed from an iterable)."""
+    segmenter = SpeechSegmenter(vad, options)
     for chunk in chunks:
-        if chunk.ndim != 1 or not np.issubdtype(chunk.dtype, np.floating):
-            raise ValueError(f"expected 1-D float mono chunks, got {chunk.dtype} of shape {chunk.shape}")
-        # A copy: the caller may reuse its buffer, and a view would pin a caller's whole array.
-        samples = chunk.astype(np.float32, copy=True)
-        audio.append(samples)
-        for start, end in planner.push(vad_stream.feed(samples)):
-            yield _cut(audio, start, end)
-        audio.drop_before(planner.keep_from)
-    for start, end in [*planner.push(vad_stream.flush()), *planner.finish(audio.end)]:
-        yield _cut(audio, start, end)
+        yield from segmenter.push(chunk)
+    yield from segmenter.finish()
 
 
 def segment_audio(

@@ -1,7 +1,7 @@
 """Model inputs for one clip, computed before it reaches the model thread, and their collation.
 
 `prepare_clip` does everything that depends on one clip only: the log-mel features and the prompt's
-token ids with its audio placeholders expanded. The batcher runs it in its preparation thread while
+token ids with its audio placeholders expanded. The scheduler runs it in its preparation thread while
 the model works on the previous batch; the model thread then only pads and stacks (`collate`).
 
 Two reasons it does not call the processor (`Qwen3ASRProcessor`) per clip:

@@ -1,6 +1,6 @@
 """Turn the model's generated token ids into clean text, token by token.
 
-The model writes `language English<asr_text>the text<|im_end|>` (DESIGN.md). `TextAssembler` receives
+The model writes `language English<asr_text>the text<|im_end|>` (docs/DESIGN.md). `TextAssembler` receives
 one token at a time and yields only new, complete transcript text:
 - the `language X<asr_text>` header is held back and parsed, even when it arrives split over tokens;
 - a multi-byte character split across tokens is never emitted half-way;
@@ -71,8 +71,11 @@ class RepetitionGuard:
 class TextAssembler:
     """Per-request output state: feed token ids, get transcript deltas."""
 
-    def __init__(self, decode: Callable[[Sequence[int]], str], forced_language: str | None) -> None:
-        """`forced_language`: the code of a language forced in the prompt (no header follows), or None."""
+    def __init__(
+        self, decode: Callable[[Sequence[int]], str], forced_language: str | None, prefix: str = ""
+    ) -> None:
+        """`forced_language`: the code of a language forced in the prompt (no header follows), or None.
+        `prefix`: transcript text forced into the prompt after the header; the output continues it."""
         self._decoder = IncrementalDecoder(decode)
         self._guard = RepetitionGuard()
         # With a forced language the prompt already ends in the header; the output is only text.
@@ -80,9 +83,10 @@ class TextAssembler:
         self._header = ""
         self.language: str | None = forced_language
         self.language_known = forced_language is not None
-        self._started = False  # any non-space text emitted yet
-        self._pending_space = ""
-        self.text = ""
+        stripped = prefix.rstrip()
+        self._started = bool(stripped)  # any non-space text emitted yet (a prefix counts)
+        self._pending_space = prefix[len(stripped) :]
+        self.text = stripped
         self.output_tokens = 0
 
     def feed(self, token_id: int) -> str:
@@ -125,7 +129,7 @@ class TextAssembler:
             self._in_header = False
             self._header = ""
             name = head.strip()[len(HEADER_PREFIX) :].strip() if head.strip().startswith("language") else ""
-            # `language None` means no speech: no language, not a language called "None" (DESIGN.md).
+            # `language None` means no speech: no language, not a language called "None" (docs/DESIGN.md).
             self.language = code_for_model_name(name)
             self.language_known = True
             return rest

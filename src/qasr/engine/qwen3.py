@@ -1,5 +1,5 @@
 """The Qwen3-ASR backend on transformers' native classes. It owns the prompt format and the output
-parsing (DESIGN.md, "The model"): callers hand in audio, context and a language code, and get text,
+parsing (docs/DESIGN.md, "The model"): callers hand in audio, context and a language code, and get text,
 a language code and token counts back.
 """
 
@@ -106,8 +106,9 @@ class Qwen3ASREngine:
 
     # --- prompt ----------------------------------------------------------------------------------
 
-    def prompt(self, context: str = "", language: str | None = None) -> str:
-        """The chat prompt for one clip, with one audio placeholder the processor expands."""
+    def prompt(self, context: str = "", language: str | None = None, prefix: str = "") -> str:
+        """The chat prompt for one clip, with one audio placeholder the processor expands; `prefix`
+        (which needs a forceable `language`) starts the assistant's transcript."""
         context = sanitize_context(context)
         text = (
             f"<|im_start|>system\n{context}<|im_end|>\n"
@@ -118,6 +119,10 @@ class Qwen3ASREngine:
         if name is not None:
             # Forcing a language: the header is part of the prompt; the model writes only text.
             text += f"language {name}<asr_text>"
+        if prefix:
+            if name is None:
+                raise ValueError("A forced text prefix needs a language the model can be forced to.")
+            text += sanitize_context(prefix)
         return text
 
     def count_audio_tokens(self, num_samples: int) -> int:
@@ -132,9 +137,13 @@ class Qwen3ASREngine:
     def prepare(self, request: EngineRequest) -> PreparedClip:
         """Everything about one clip that does not need the model (features, prompt ids).
 
-        Thread-safe and torch-free: the batcher calls it in its preparation thread, in parallel with
+        Thread-safe and torch-free: the scheduler calls it in its preparation thread, in parallel with
         the model (see `qasr.engine.features`)."""
-        return prepare_clip(self.prompt(request.context, request.language), request.samples, self.processor)
+        prompt = self.prompt(request.context, request.language, request.prefix)
+        return prepare_clip(prompt, request.samples, self.processor)
+
+    def size(self, request: EngineRequest) -> int:
+        return len(request.samples)
 
     def build_inputs(self, requests: Sequence[EngineRequest]) -> Any:
         """Tokenized prompts and audio features for a batch (left-padded), on the model's device."""
@@ -153,7 +162,7 @@ class Qwen3ASREngine:
         budget = self.options.base_new_tokens + math.ceil(seconds * self.options.new_tokens_per_s)
         return max(self.options.min_new_tokens, min(self.options.max_new_tokens_cap, budget))
 
-    def run(self, jobs: Sequence[Job]) -> list[EngineResult]:
+    def run(self, jobs: Sequence[Job[EngineRequest]]) -> list[EngineResult]:
         if not jobs:
             return []
         clips = [
@@ -162,7 +171,7 @@ class Qwen3ASREngine:
         ]
         return self.generate(self.collate(clips), jobs)
 
-    def generate(self, inputs: Any, jobs: Sequence[Job]) -> list[EngineResult]:
+    def generate(self, inputs: Any, jobs: Sequence[Job[EngineRequest]]) -> list[EngineResult]:
         """Run generate on prepared inputs; the tracker does all per-row work as tokens arrive.
 
         The KV cache is a `StaticCache` sized for this batch (prompt plus the largest budget): the
@@ -221,7 +230,7 @@ class Qwen3ASREngine:
             thread.join()
 
     def warmup(self) -> None:
-        """One short generation: the first call after loading is slow (DESIGN.md)."""
+        """One short generation: the first call after loading is slow (docs/DESIGN.md)."""
         rng = np.random.default_rng(0)
         noise = (rng.standard_normal(SAMPLE_RATE) * 0.01).astype(np.float32)
         self.transcribe([EngineRequest(samples=noise)])
@@ -240,7 +249,7 @@ class _RowTracker:
     ids so far, it feeds each live row's new token to its `TextAssembler`, reports deltas, and ends
     rows on an end token, a loop, their own token budget, or cancellation."""
 
-    def __init__(self, engine: Qwen3ASREngine, jobs: Sequence[Job]) -> None:
+    def __init__(self, engine: Qwen3ASREngine, jobs: Sequence[Job[EngineRequest]]) -> None:
         self.engine = engine
         self.jobs = jobs
         decode = engine.tokenizer.decode
@@ -249,6 +258,7 @@ class _RowTracker:
                 lambda ids: decode(ids, skip_special_tokens=True),
                 # Only a language the model can be forced to skips the header; a hint-only code does not.
                 j.request.language if forceable_name(j.request.language) else None,
+                j.request.prefix,
             )
             for j in jobs
         ]
@@ -287,11 +297,11 @@ class _RowTracker:
         self._report(self.jobs[row], piece, assembler, had_language)
 
     @staticmethod
-    def _report(job: Job, piece: str, assembler: TextAssembler, had_language: bool) -> None:
+    def _report(job: Job[EngineRequest], piece: str, assembler: TextAssembler, had_language: bool) -> None:
         if job.on_delta is None:
             return
         if piece or (assembler.language_known and not had_language):
-            job.on_delta(Delta(text=piece, language=assembler.language))
+            job.on_delta(Delta(piece, assembler.language, assembler.output_tokens))
 
     def results(self, inputs: Any) -> list[EngineResult]:
         audio_tokens = (inputs["input_ids"] == self.engine._audio_pad_id).sum(dim=1).tolist()

@@ -5,7 +5,7 @@ as the thread lives. Once there are more OpenMP threads than cores, libgomp stop
 parallel regions, and each of the thousands of small regions in a decoding step pays a wake-up.
 Measured on 2 cores: a model run from a worker thread is slower once another live thread (the main
 thread, a pool thread) has run torch ops (bench/README.md). So loading and warm-up, which run torch
-before the worker starts, happen in a thread that ends (`in_passing_thread`), and the batcher's
+before the worker starts, happen in a thread that ends (`in_passing_thread`), and the scheduler's
 preparation thread stays torch-free (`qasr.engine.features`).
 """
 
