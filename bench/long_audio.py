@@ -92,28 +92,24 @@ print(json.dumps({"segments": n, "audio_s": seconds, "wall_s": time.perf_counter
 PIPELINE = """
 import asyncio, json, sys, time
 from pathlib import Path
-from qasr.audio.segment import SegmentationOptions
-from qasr.audio.sources import SourcePolicy
-from qasr.engine.batcher import Batcher, BatchPolicy
 from qasr.engine.qwen3 import GenerationOptions, Qwen3ASREngine
-from qasr.transcriber import PipelineOptions, Transcriber
-from qasr.types import TranscribeOptions
+from qasr.runtime import Runtime
+from qasr.settings import Settings
 path, model, dtype, seg, tps = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), float(sys.argv[5])
 options = None
 if tps > 0:  # fixed output length: tps tokens per second of audio, no early stop
     options = GenerationOptions(base_new_tokens=0, new_tokens_per_s=tps, guard_repetition=False)
 engine = Qwen3ASREngine.load(model, device="cpu", dtype=dtype, options=options)
 engine.warmup()
+settings = Settings(model=model, segment_max_s=seg, max_batch_size=8, max_wait_ms=10, warmup=False)
 async def main():
-    batcher = Batcher(engine, BatchPolicy(max_batch_size=8, max_wait_ms=10))
-    batcher.start()
+    runtime = Runtime.build(settings, engine)
     try:
-        tr = Transcriber(batcher, options=PipelineOptions(segmentation=SegmentationOptions(max_segment_s=seg)))
         t = time.perf_counter()
-        out = await tr.transcribe(Path(path), TranscribeOptions(), policy=SourcePolicy(allow_any_local=True))
-        return out, time.perf_counter() - t, batcher.batch_sizes
+        out = await runtime.atranscribe(Path(path))
+        return out, time.perf_counter() - t, list(runtime.scheduler.batch_sizes.elements())
     finally:
-        batcher.close()
+        runtime.close()
 out, wall, sizes = asyncio.run(main())
 import resource
 print(json.dumps({"audio_s": out.duration_s, "segments": len(out.segments), "wall_s": wall,

@@ -1,13 +1,13 @@
 """Throughput and latency of qasr against the same clips sent one at a time and against the official
-`qwen-asr` toolkit, all measured in one run (STYLE.md habit 14: ratios, with the conditions).
+`qwen-asr` toolkit, all measured in one run (docs/STYLE.md habit 14: ratios, with the conditions).
 
 Subject: a real-size Qwen3-ASR checkpoint with random weights, built offline once and cached (a
-random model of the real size has the real FLOPs; DESIGN.md, "Measured costs"). Every clip generates
+random model of the real size has the real FLOPs; docs/DESIGN.md, "Measured costs"). Every clip generates
 exactly `--tokens` tokens (`min_new_tokens` = `max_new_tokens`, no repetition guard), so the systems
 do the same work whatever the random model writes.
 
 Systems, all loaded at once and idle while another one runs:
-- `engine`: qasr's `Batcher` driven in-process by N concurrent coroutines (the engine directly, the
+- `engine`: qasr's scheduler driven in-process by N concurrent coroutines (the engine directly, the
   reference for HTTP overhead). One client is the sequential baseline: one clip at a time.
 - `engine int8`: the same with `quantize="int8"` (`--compare-int8`).
 - `http`: qasr's app (`create_app`) in its own process, through the DashScope endpoint with httpx:
@@ -282,36 +282,41 @@ def load_engine(model_dir: Path, args: argparse.Namespace, quantize: str) -> Any
 
 
 class InProcess:
-    """qasr's engine behind its `Batcher`, as the server holds it, driven by coroutines.
+    """qasr's engine behind its scheduler, in a `Runtime` built as the server builds it, driven by
+    coroutines.
 
-    Each row gets a fresh batcher, closed at its end, so that only one thread in this process computes
-    at a time (see `in_passing_thread`) even with the int8 engine loaded beside this one."""
+    Each row gets a fresh runtime (and so a fresh scheduler), closed at its end, so that only one
+    thread in this process computes at a time (see `in_passing_thread`) even with the int8 engine
+    loaded beside this one."""
 
     def __init__(
         self, model_dir: Path, args: argparse.Namespace, quantize: str, clips: list[np.ndarray]
     ) -> None:
-        from qasr.engine.batcher import BatchPolicy
+        from qasr.settings import Settings
 
         self.engine = in_passing_thread(lambda: load_engine(model_dir, args, quantize))
-        self.policy = BatchPolicy(
+        self.settings = Settings(
+            model=str(model_dir),
             max_batch_size=args.max_batch,
             max_wait_ms=args.max_wait_ms,
             max_hold_ms=args.max_hold_ms,
             max_queue=1024,
+            vad=False,
+            warmup=False,  # load_engine warmed it up
         )
         self.clips = clips
-        self.batcher: Any = None
+        self.scheduler: Any = None
 
     async def measure(self, total: int, clients: int) -> Measured:
-        from qasr.engine.batcher import Batcher
+        from qasr.runtime import Runtime
 
-        self.batcher = Batcher(self.engine, self.policy)
-        self.batcher.start()
+        runtime = Runtime.build(self.settings, self.engine)
+        self.scheduler = runtime.scheduler
         try:
             measured = await drive(self.send, total, clients)
         finally:
-            self.batcher.close()
-        measured.batches = list(self.batcher.batch_sizes)
+            runtime.close()
+        measured.batches = sorted(self.scheduler.batch_sizes.elements())
         return measured
 
     async def send(self, index: int) -> Sample:
@@ -325,7 +330,7 @@ class InProcess:
             if delta.text and not first:
                 first.append(time.perf_counter())
 
-        result = await self.batcher.submit(EngineRequest(clip), on_delta=on_delta)
+        result = await self.scheduler.submit(EngineRequest(clip), on_delta=on_delta)
         done = time.perf_counter()
         ttft = first[0] - started if first else None
         return Sample(len(clip) / SAMPLE_RATE, done - started, ttft, result.output_tokens)
@@ -794,13 +799,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tokens", type=int, default=None, help="output tokens per clip (default 40; --short 16)")
     p.add_argument("--rounds", type=int, default=None, help="rounds (default 3; --short 2)")
     p.add_argument(
-        "--max-batch", type=int, default=8, help="batcher max_batch_size (the server's default: 8)"
+        "--max-batch", type=int, default=8, help="scheduler max_batch_size (the server's default: 8)"
     )
     p.add_argument(
-        "--max-wait-ms", type=float, default=10.0, help="batcher max_wait_ms (the server's default: 10)"
+        "--max-wait-ms", type=float, default=10.0, help="scheduler max_wait_ms (the server's default: 10)"
     )
     p.add_argument(
-        "--max-hold-ms", type=float, default=200.0, help="batcher max_hold_ms (the server's default: 200)"
+        "--max-hold-ms", type=float, default=200.0, help="scheduler max_hold_ms (the server's default: 200)"
     )
     p.add_argument("--systems", default="engine,http,toolkit", help="which of engine,http,toolkit to run")
     p.add_argument("--compare-int8", action="store_true", help="add engine rows with quantize=int8")

@@ -79,11 +79,11 @@ class Settings(BaseSettings):
     max_batch_size: int = 8
     """Most clips decoded together in one model batch."""
     max_wait_ms: float = 10.0
-    """How long the batcher waits for more requests before running a partial batch."""
+    """How long the scheduler waits for more requests before running a partial batch."""
     max_queue: int = 64
     """Requests waiting for the model beyond this are refused with 429."""
     max_hold_ms: float = 200.0
-    """How long a partial batch may wait for requests already being decoded (see `qasr.engine.batcher`)."""
+    """How long a partial batch may wait for requests already being decoded (see `qasr.engine.scheduler`)."""
 
     # --- server ------------------------------------------------------------------------------------
     host: str = "127.0.0.1"

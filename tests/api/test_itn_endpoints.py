@@ -100,10 +100,9 @@ def test_openai_endpoints_honour_enable_itn(engine: Qwen3ASREngine, clip: Path) 
 def test_cli_itn(
     engine: Qwen3ASREngine, clip: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from qasr import cli
-    from qasr.api import app
+    from qasr import cli, runtime
 
-    monkeypatch.setattr(app, "load_engine", lambda settings: engine)
+    monkeypatch.setattr(runtime, "load_engine", lambda settings: engine)
     with scripted_output(engine, SPOKEN):
         assert cli.main(["transcribe", str(clip), "--itn", "--no-vad"]) == 0
         assert capsys.readouterr().out.strip() == WRITTEN

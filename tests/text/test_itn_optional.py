@@ -67,13 +67,15 @@ def test_itn_is_available_here() -> None:
 def test_warm_up_skips_with_one_info_line(
     engine: Qwen3ASREngine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from qasr.api import app
+    from qasr.runtime import Runtime
 
     warmed: list[bool] = []
     monkeypatch.setattr(engine, "warmup", lambda: warmed.append(True))
     monkeypatch.setattr(Qwen3ASREngine, "load", lambda *args: engine)
     with caplog.at_level(logging.INFO, logger="qasr"):
-        assert app.load_engine(Settings(model="tiny", warmup=True)) is engine
+        runtime = Runtime.build(Settings(model="tiny", warmup=True, vad=False))
+        runtime.close()
+    assert runtime.engine is engine
     assert warmed == [True]
     lines = [(r.levelno, r.getMessage()) for r in caplog.records if r.name.startswith("qasr.")]
     assert lines == [(logging.INFO, f"ITN is unavailable: {itn.UNAVAILABLE_HINT}")]
