@@ -23,7 +23,7 @@ class ScriptedLogits:
     """A logits processor that makes the real generate loop write a known token sequence.
 
     Test-only: it drives the model to a known text so protocol tests can pin exact output. It never
-    belongs in a user path (DESIGN.md).
+    belongs in a user path (docs/DESIGN.md).
     """
 
     def __init__(self, script: list[int], end_id: int, prompt_len: int) -> None:
@@ -94,3 +94,68 @@ def transcode(src: Path, out: Path, fmt: str, rate: int = 22050) -> None:
                     dst.mux(packet)
         for packet in stream.encode(None):
             dst.mux(packet)
+
+
+def rigged_checkpoint(source: Path, out: Path, text: str, language: str = "English") -> Path:
+    """A copy of the tiny checkpoint at `source` whose greedy decoding writes `language <language>`
+    then `text`, whatever the audio, through the unmodified serving path (docs/DESIGN.md, "Testing
+    without model weights"): for end-to-end tests where no hook can reach the engine.
+
+    Every decoder layer's `o_proj` and `down_proj` are zeroed, so a layer is the identity and the
+    hidden state at a position is its token's embedding: the model is a bigram table. The chain's
+    tokens get orthonormal (one-hot) embeddings and the output head maps each to the next: the
+    prompt's last token (`\\n` after `assistant`, or `<asr_text>` when a language is forced) ->
+    `language` -> ` <language>` -> `<asr_text>` -> the text's tokens -> `<|im_end|>`.
+    """
+    import itertools
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    header_and_text = tokenizer(f"language {language}<asr_text>{text}", add_special_tokens=False)
+    chain = [
+        *tokenizer("\n", add_special_tokens=False)["input_ids"],
+        *header_and_text["input_ids"],
+        tokenizer.convert_tokens_to_ids("<|im_end|>"),
+    ]
+    weights = load_file(str(source / "model.safetensors"))
+    embed = weights["model.language_model.embed_tokens.weight"]
+    if len(set(chain)) != len(chain) or len(chain) > embed.shape[1]:
+        raise ValueError(f"{text!r}: the chain's {len(chain)} tokens must be distinct and fit the width")
+    for name in weights:
+        if name.startswith("model.language_model.layers.") and name.endswith(
+            ("self_attn.o_proj.weight", "mlp.down_proj.weight")
+        ):
+            weights[name] = torch.zeros_like(weights[name])
+    head = torch.zeros_like(weights["lm_head.weight"])
+    for dim, (token, following) in enumerate(itertools.pairwise(chain)):
+        embed[token] = 0.0
+        embed[token, dim] = 1.0
+        head[following, dim] = 10.0  # after the final RMS norm the one-hot is sqrt(width) tall
+    weights["lm_head.weight"] = head
+    shutil.copytree(source, out)
+    save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
+    return out
+
+
+class EngineWrapper:
+    """The real engine behind the scheduler's interface, for test doubles that watch or hold what
+    the model is asked to do (subclasses override `run`)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.name: str = inner.name
+
+    def prepare(self, request: Any) -> object:
+        return self.inner.prepare(request)
+
+    def size(self, request: Any) -> int:
+        return int(self.inner.size(request))
+
+    def count_text_tokens(self, text: str) -> int:
+        return int(self.inner.count_text_tokens(text))
+
+    def run(self, jobs: Any) -> Any:
+        return self.inner.run(jobs)

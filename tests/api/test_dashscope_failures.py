@@ -15,25 +15,21 @@ from qasr.engine.qwen3 import Qwen3ASREngine
 from qasr.settings import Settings
 from qasr.types import EngineResult
 from tests.api.inprocess import serve_in_thread
-from tests.helpers import synthesize
+from tests.helpers import EngineWrapper, synthesize
 
 GENERATION = "/api/v1/services/aigc/multimodal-generation/generation"
 
 
-class _Faulty:
+class _Faulty(EngineWrapper):
     """The real engine, failing its Nth batch (a server-side failure in the middle of a stream), and
     recording whether jobs were cancelled."""
 
     def __init__(self, inner: Qwen3ASREngine, fail_on: int | None = None) -> None:
-        self.inner = inner
-        self.name = inner.name
+        super().__init__(inner)
         self.fail_on = fail_on
         self.calls = 0
         self.cancelled_rows: list[bool] = []
         self.first_delta = threading.Event()
-
-    def count_text_tokens(self, text: str) -> int:
-        return self.inner.count_text_tokens(text)
 
     def run(self, jobs: Sequence[Job]) -> list[EngineResult]:
         self.calls += 1

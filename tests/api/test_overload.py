@@ -16,22 +16,18 @@ from qasr.engine.qwen3 import Qwen3ASREngine
 from qasr.settings import Settings
 from qasr.types import EngineResult
 from tests.api.inprocess import serve_in_thread
-from tests.helpers import synthesize
+from tests.helpers import EngineWrapper, synthesize
 
 GENERATION = "/api/v1/services/aigc/multimodal-generation/generation"
 
 
-class _Gated:
+class _Gated(EngineWrapper):
     """The real engine behind a gate the test opens (no timing)."""
 
     def __init__(self, inner: Qwen3ASREngine) -> None:
-        self.inner = inner
-        self.name = inner.name
+        super().__init__(inner)
         self.gate = threading.Event()
         self.entered = threading.Event()
-
-    def count_text_tokens(self, text: str) -> int:
-        return self.inner.count_text_tokens(text)
 
     def run(self, jobs: Sequence[Job]) -> list[EngineResult]:
         self.entered.set()

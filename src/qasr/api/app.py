@@ -1,12 +1,13 @@
-"""The app factory. The lifespan owns the model: it loads (or takes) the engine, warms it up, starts
-the batcher and the upload store, and stops them at shutdown. No module globals."""
+"""The app factory. The lifespan owns the runtime (`qasr.runtime`, the one place that wires the model,
+its scheduler, the pipeline and the upload store): it builds it at start-up and closes it at shutdown.
+No module globals."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -15,16 +16,15 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from qasr.api.dashscope.routes import router as dashscope_router
-from qasr.api.dashscope.uploads import UploadStore
+from qasr.api.edge import AccessLog, Message, Receive, Scope, Send, refuse_websocket
 from qasr.api.openai.routes import router as openai_router
 from qasr.api.routing import dashscope_error, openai_error
 from qasr.api.services import Services
+from qasr.audio.uploads import UploadStore
 from qasr.engine.base import Engine
-from qasr.engine.batcher import Batcher, BatchPolicy
-from qasr.engine.threads import in_passing_thread
 from qasr.errors import AudioTooLarge, EndpointNotFound, InvalidRequest, MethodNotAllowed
+from qasr.runtime import Runtime
 from qasr.settings import Settings
-from qasr.transcriber import PipelineOptions, Transcriber
 
 log = logging.getLogger(__name__)
 _UPLOAD_CLEANUP_S = 600.0
@@ -36,22 +36,21 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        model: Engine = engine if engine is not None else await _load_off_the_loop(settings)
-        batcher = Batcher(model, batch_policy(settings))
-        batcher.start()
-        transcriber = await asyncio.to_thread(Transcriber, batcher, None, pipeline_options(settings))
-        uploads = UploadStore.from_settings(settings)
-        app.state.services = Services(settings, batcher, transcriber, uploads)
-        cleaner = asyncio.ensure_future(_clean_uploads(uploads))
+        # Off the loop: loading and warming up a real model takes seconds to minutes.
+        runtime = await asyncio.to_thread(Runtime.build, settings, engine, server=True)
+        app.state.services = Services(runtime)
+        assert runtime.uploads is not None
+        cleaner = asyncio.ensure_future(_clean_uploads(runtime.uploads))
         try:
             yield
         finally:
             cleaner.cancel()
-            batcher.close()
-            uploads.close()
+            runtime.close()
 
     app = _new_app(lifespan)
+    app.router.default = refuse_websocket  # unknown paths: 404 for HTTP, a clear refusal for WebSocket
     app.add_middleware(BodyLimit, settings=settings)
+    app.add_middleware(AccessLog)  # outermost: ids and the access line cover every answer
     app.include_router(dashscope_router)
     app.include_router(openai_router)
     _install_error_handlers(app)
@@ -59,11 +58,11 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     @app.get("/health")
     async def health(request: Request) -> Response:
         svc: Services = request.app.state.services
-        ok = svc.batcher.healthy
+        ok = svc.runtime.healthy
         body = {
             "status": "ok" if ok else "unavailable",
             "model": svc.settings.model,
-            "queue": svc.batcher.queue_depth,
+            "queue": svc.scheduler.queue_depth,
         }
         return JSONResponse(body, status_code=200 if ok else 503)
 
@@ -89,44 +88,6 @@ def _new_app(lifespan: Callable[[FastAPI], contextlib.AbstractAsyncContextManage
         return FastAPI(docs_url=None, **common)
     app: FastAPI = FastAPIOffline(docs_url="/docs", static_url="/docs/assets", **common)
     return app
-
-
-def load_engine(settings: Settings) -> Engine:
-    from qasr.engine.qwen3 import Qwen3ASREngine
-    from qasr.text import itn
-
-    engine = Qwen3ASREngine.load(
-        settings.model, settings.device, settings.dtype, settings.quantize, settings.threads
-    )
-    if settings.warmup:
-        engine.warmup()
-        if itn.available():
-            itn.warm_up()  # compiles (first start) or loads the cached grammars before the first request
-        else:
-            log.info("ITN is unavailable: %s", itn.UNAVAILABLE_HINT)
-    return engine
-
-
-async def _load_off_the_loop(settings: Settings) -> Engine:
-    # A thread that ends, not a pool thread that lives on with torch's OpenMP team (engine/threads.py).
-    return await asyncio.to_thread(in_passing_thread, lambda: load_engine(settings))
-
-
-def batch_policy(settings: Settings) -> BatchPolicy:
-    return BatchPolicy(
-        max_batch_size=settings.max_batch_size,
-        max_wait_ms=settings.max_wait_ms,
-        max_queue=settings.max_queue,
-        max_hold_ms=settings.max_hold_ms,
-    )
-
-
-def pipeline_options(settings: Settings) -> PipelineOptions:
-    from qasr.audio.segment import SegmentationOptions
-
-    return PipelineOptions(
-        segmentation=SegmentationOptions(max_segment_s=settings.segment_max_s), use_vad=settings.vad
-    )
 
 
 async def _clean_uploads(store: UploadStore) -> None:
@@ -186,12 +147,6 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(Exception, on_any)
-
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 
 class BodyLimit:

@@ -12,8 +12,8 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
 
+from qasr.api.edge import new_request_id
 from qasr.api.errors import dashscope_body, openai_body, wire_headers
-from qasr.api.services import new_request_id
 from qasr.errors import InvalidRequest
 
 Render = Callable[[Request, BaseException], Response]

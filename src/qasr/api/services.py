@@ -1,27 +1,32 @@
-"""What the routes share: settings, the pipeline, the upload store; plus auth and model-name checks."""
+"""What the routes share: the runtime (settings, pipeline, scheduler, upload store), plus auth and
+model-name checks."""
 
 from __future__ import annotations
 
 import asyncio
 import hmac
 import re
-import uuid
-from collections.abc import Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 from fastapi import Request
 
-from qasr.api.dashscope.uploads import UploadStore
+from qasr.api.edge import bounded_stream
 from qasr.audio.sources import SourcePolicy
-from qasr.engine.batcher import Batcher
+from qasr.audio.uploads import UploadStore
+from qasr.engine.scheduler import Admission, Priority
 from qasr.errors import InvalidRequest, ModelNotFound, RequestTimeout, Unauthorized
+from qasr.runtime import Runtime
 from qasr.settings import Settings
-from qasr.transcriber import Transcriber
+from qasr.transcriber import AsrScheduler, Transcriber
 
 T = TypeVar("T")
 MAX_CONTEXT_TOKENS = 10_000
+MAX_CONTEXT_CHARS = 16 * MAX_CONTEXT_TOKENS
+"""No tokenizer of this family packs 16 characters into every token of a context: longer is refused
+without tokenizing it."""
 
 # qwen3-asr-flash, its dated snapshots and the US-region names (spec section 7).
 _CLOUD_NAMES = re.compile(r"^qwen3-asr-flash(-\d{4}-\d{2}-\d{2})?(-us)?$")
@@ -29,10 +34,24 @@ _CLOUD_NAMES = re.compile(r"^qwen3-asr-flash(-\d{4}-\d{2}-\d{2})?(-us)?$")
 
 @dataclass
 class Services:
-    settings: Settings
-    batcher: Batcher
-    transcriber: Transcriber
-    uploads: UploadStore
+    runtime: Runtime
+
+    @property
+    def settings(self) -> Settings:
+        return self.runtime.settings
+
+    @property
+    def transcriber(self) -> Transcriber:
+        return self.runtime.transcriber
+
+    @property
+    def scheduler(self) -> AsrScheduler:
+        return self.runtime.scheduler
+
+    @property
+    def uploads(self) -> UploadStore:
+        assert self.runtime.uploads is not None, "the server's runtime has an upload store"
+        return self.runtime.uploads
 
     def check_key(self, request: Request) -> str | None:
         """The caller's API key when keys are configured (and valid); None when the server is open."""
@@ -70,17 +89,30 @@ class Services:
             resolve_upload=lambda key: self.uploads.resolve(key, api_key, model),
         )
 
-    def count_tokens(self, text: str) -> int:
-        """Tokens of `text` in the model's tokenizer (reported as text tokens)."""
-        return self.batcher.engine.count_text_tokens(text)
+    def admit(self) -> Admission:
+        """A place in the model's queue for an interactive request, or `Overloaded` (429) at once:
+        taken before the body is read, fetched or decoded (issue 12)."""
+        return self.scheduler.admit(Priority.INTERACTIVE)
 
-    def check_context(self, context: str) -> None:
-        """The cloud accepts up to 10 000 tokens of context (spec section 7)."""
-        if len(context) > MAX_CONTEXT_TOKENS and self.count_tokens(context) > MAX_CONTEXT_TOKENS:
-            raise InvalidRequest(
-                f"The context (system message) is longer than {MAX_CONTEXT_TOKENS} tokens; shorten it.",
-                param="input.messages",
-            )
+    async def check_context(self, context: str) -> None:
+        """The cloud accepts up to 10 000 tokens of context (spec section 7). A context of up to that
+        many characters cannot be longer (a token is at least one character) and one of over 16 times
+        as many characters is refused unread; only the rest is tokenized, off the event loop."""
+        if len(context) <= MAX_CONTEXT_TOKENS:
+            return
+        too_long = InvalidRequest(
+            f"The context (system message) is longer than {MAX_CONTEXT_TOKENS} tokens; shorten it.",
+            param="input.messages",
+        )
+        if len(context) > MAX_CONTEXT_CHARS:
+            raise too_long
+        tokens = await asyncio.to_thread(self.runtime.engine.count_text_tokens, context)
+        if tokens > MAX_CONTEXT_TOKENS:
+            raise too_long
+
+    def stream(self, items: AsyncGenerator[T, None]) -> AsyncIterator[T]:
+        """A pipeline stream under the request time limit (see `qasr.api.edge.bounded_stream`)."""
+        return bounded_stream(items, self.settings.request_timeout_s)
 
     def public_base(self, request: Request) -> str:
         return (self.settings.public_base_url or str(request.base_url)).rstrip("/")
@@ -110,10 +142,6 @@ class Services:
 async def _wait_disconnect(request: Request) -> None:
     while not await request.is_disconnected():
         await asyncio.sleep(0.25)
-
-
-def new_request_id() -> str:
-    return str(uuid.uuid4())
 
 
 def services(request: Request) -> Services:

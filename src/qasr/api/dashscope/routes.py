@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from qasr.api.dashscope import protocol
 from qasr.api.errors import dashscope_body
 from qasr.api.routing import dashscope_error, guarded_route, json_body, read_json, request_id
-from qasr.api.services import Services, services
+from qasr.api.services import services
 from qasr.errors import InvalidRequest
 from qasr.types import Delta, Transcript
 
@@ -38,36 +38,43 @@ async def generation(request: Request) -> Response:
     svc = services(request)
     rid = request_id(request)
     api_key = svc.check_key(request)
-    body = await read_json(request)
-    req = protocol.parse_request(body)
-    model = svc.check_model(req.model)
-    audio, options = protocol.to_domain(req)
-    stream = request.headers.get("x-dashscope-sse", "").lower() == "enable"
-    log.info("generation %s: audio %s, stream=%s", rid, _scheme(audio), stream)
-    svc.check_context(options.context)
-    policy = svc.source_policy(api_key, model)
-    limits = svc.settings.sync_limits
-    if not stream:
-        transcript = await svc.bounded(request, svc.transcriber.transcribe(audio, options, limits, policy))
-        return JSONResponse(protocol.transcript_body(transcript, svc.count_tokens(transcript.text), rid))
-    incremental = req.parameters.incremental_output
-    if incremental is None:
-        incremental = svc.settings.incremental_output_default
-    items = svc.transcriber.stream(audio, options, limits, policy)
-    # Run up to the first result before answering 200, so input errors are plain JSON errors.
-    first = await items.__anext__()
-    frames = _sse(svc, first, items, incremental, rid)
-    return StreamingResponse(frames, media_type="text/event-stream;charset=UTF-8")
+    with svc.admit() as admission:  # 429 before the body is read, fetched or decoded
+        body = await read_json(request)
+        req = protocol.parse_request(body)
+        model = svc.check_model(req.model)
+        audio, options = protocol.to_domain(req)
+        stream = request.headers.get("x-dashscope-sse", "").lower() == "enable"
+        log.info("generation %s: audio %s, stream=%s", rid, _scheme(audio), stream)
+        await svc.check_context(options.context)
+        policy = svc.source_policy(api_key, model)
+        limits = svc.settings.sync_limits
+        if not stream:
+            work = svc.transcriber.transcribe(audio, options, limits, policy, admission=admission)
+            transcript = await svc.bounded(request, work)
+            request.state.audio_s = transcript.duration_s
+            return JSONResponse(protocol.transcript_body(transcript, rid))
+        incremental = req.parameters.incremental_output
+        if incremental is None:
+            incremental = svc.settings.incremental_output_default
+        items = svc.stream(svc.transcriber.stream(audio, options, limits, policy, admission=admission))
+        # Run up to the first result before answering 200, so input errors are plain JSON errors.
+        first = await svc.bounded(request, items.__anext__())
+    return StreamingResponse(_sse(request, first, items, incremental, rid), media_type=_SSE_TYPE)
+
+
+_SSE_TYPE = "text/event-stream;charset=UTF-8"
 
 
 async def _sse(
-    svc: Services,
+    request: Request,
     first: Delta | Transcript,
     items: AsyncIterator[Delta | Transcript],
     incremental: bool,
     rid: str,
 ) -> AsyncIterator[bytes]:
-    """DashScope SSE (spec 5.1): `id:`, `event:result`, `:HTTP_STATUS/200`, `data:` with no spaces."""
+    """DashScope SSE (spec 5.1): `id:`, `event:result`, `:HTTP_STATUS/200`, `data:` with no spaces.
+    Usage comes from the token counts the model reported (`Delta.output_tokens`): nothing is
+    re-tokenized here."""
     event_id = 0
     text = ""
     language: str | None = None
@@ -75,27 +82,18 @@ async def _sse(
         item: Delta | Transcript | None = first
         while item is not None:
             if isinstance(item, Transcript):
+                request.state.audio_s = item.duration_s
                 final_text = "" if incremental else item.text
-                body = protocol.result_body(
-                    final_text,
-                    item.language,
-                    item.finish_reason,
-                    protocol.usage(item.duration_s, item.usage.context_tokens, svc.count_tokens(item.text)),
-                    rid,
-                )
+                usage = protocol.usage(item.duration_s, item.usage.context_tokens, item.usage.output_tokens)
+                body = protocol.result_body(final_text, item.language, item.finish_reason, usage, rid)
                 event_id += 1
                 yield _frame(event_id, "result", 200, body)
                 return
             language = item.language or language
             if item.text:
                 text += item.text
-                body = protocol.result_body(
-                    item.text if incremental else text,
-                    language,
-                    "null",
-                    protocol.usage(0.0, 0, svc.count_tokens(text)),
-                    rid,
-                )
+                usage = protocol.usage(0.0, 0, item.output_tokens)
+                body = protocol.result_body(item.text if incremental else text, language, "null", usage, rid)
                 event_id += 1
                 yield _frame(event_id, "result", 200, body)
             item = await items.__anext__()

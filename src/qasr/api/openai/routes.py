@@ -37,23 +37,26 @@ async def chat_completions(request: Request) -> Response:
     """One audio in, its transcript as the assistant message; `stream: true` for SSE chunks."""
     svc = services(request)
     api_key = svc.check_key(request)
-    body = await read_json(request)
-    req = protocol.parse_chat_request(body)
-    model = svc.check_model(req.model)
-    audio, options = protocol.chat_to_domain(req)
-    svc.check_context(options.context)
-    policy = svc.source_policy(api_key, model)
-    meta = protocol.ChatMeta.new(req.model)
-    if not req.stream:
-        work = svc.transcriber.transcribe(audio, options, svc.settings.sync_limits, policy)
-        transcript = await svc.bounded(request, work)
-        return JSONResponse(protocol.chat_completion(meta, transcript, svc.count_tokens(transcript.text)))
-    items = svc.transcriber.stream(audio, options, svc.settings.sync_limits, policy)
-    # Run up to the first result before answering 200, so input errors are plain JSON errors.
-    first = await items.__anext__()
+    with svc.admit() as admission:  # 429 before the body is read, fetched or decoded
+        body = await read_json(request)
+        req = protocol.parse_chat_request(body)
+        model = svc.check_model(req.model)
+        audio, options = protocol.chat_to_domain(req)
+        await svc.check_context(options.context)
+        policy = svc.source_policy(api_key, model)
+        meta = protocol.ChatMeta.new(req.model)
+        limits = svc.settings.sync_limits
+        if not req.stream:
+            work = svc.transcriber.transcribe(audio, options, limits, policy, admission=admission)
+            transcript = await svc.bounded(request, work)
+            request.state.audio_s = transcript.duration_s
+            return JSONResponse(protocol.chat_completion(meta, transcript))
+        items = svc.stream(svc.transcriber.stream(audio, options, limits, policy, admission=admission))
+        # Run up to the first result before answering 200, so input errors are plain JSON errors.
+        first = await svc.bounded(request, items.__anext__())
     include_usage = req.stream_options is not None and req.stream_options.include_usage
-    chat = protocol.ChatStream(meta, include_usage, svc.count_tokens)
-    return _event_stream(first, items, chat.chunks)
+    chat = protocol.ChatStream(meta, include_usage)
+    return _event_stream(request, first, items, chat.chunks)
 
 
 async def transcriptions(request: Request) -> Response:
@@ -65,20 +68,23 @@ async def transcriptions(request: Request) -> Response:
     """
     svc = services(request)
     api_key = svc.check_key(request)
-    form, data = await _read_upload(request, svc)
-    model = svc.check_model(form.model)
-    options = protocol.transcription_options(form)
-    svc.check_context(options.context)
-    policy = svc.source_policy(api_key, model)
-    limits = svc.settings.sync_limits
-    if form.stream:
-        items = svc.transcriber.stream(data, options, limits, policy)
-        first = await items.__anext__()
-        return _event_stream(first, items, lambda item: protocol.transcription_events(item, svc.count_tokens))
-    transcript = await svc.bounded(request, svc.transcriber.transcribe(data, options, limits, policy))
+    with svc.admit() as admission:  # 429 before the upload is read or decoded
+        form, data = await _read_upload(request, svc)
+        model = svc.check_model(form.model)
+        options = protocol.transcription_options(form)
+        await svc.check_context(options.context)
+        policy = svc.source_policy(api_key, model)
+        limits = svc.settings.sync_limits
+        if form.stream:
+            items = svc.stream(svc.transcriber.stream(data, options, limits, policy, admission=admission))
+            first = await svc.bounded(request, items.__anext__())
+            return _event_stream(request, first, items, protocol.transcription_events)
+        work = svc.transcriber.transcribe(data, options, limits, policy, admission=admission)
+        transcript = await svc.bounded(request, work)
+    request.state.audio_s = transcript.duration_s
     fmt = form.response_format
     if fmt == "json":
-        return JSONResponse(protocol.transcription_json(transcript, svc.count_tokens(transcript.text)))
+        return JSONResponse(protocol.transcription_json(transcript))
     if fmt == "verbose_json":
         return JSONResponse(protocol.transcription_verbose(transcript))
     render, media_type = protocol.TEXT_FORMATS[fmt]
@@ -134,17 +140,19 @@ async def _read_upload(request: Request, svc: Services) -> tuple[protocol.Transc
 
 
 def _event_stream(
+    request: Request,
     first: Delta | Transcript,
     items: AsyncIterator[Delta | Transcript],
     events: Callable[[Delta | Transcript], list[dict[str, Any]]],
 ) -> StreamingResponse:
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(
-        _sse(first, items, events), media_type="text/event-stream; charset=utf-8", headers=headers
+        _sse(request, first, items, events), media_type="text/event-stream; charset=utf-8", headers=headers
     )
 
 
 async def _sse(
+    request: Request,
     first: Delta | Transcript,
     items: AsyncIterator[Delta | Transcript],
     events: Callable[[Delta | Transcript], list[dict[str, Any]]],
@@ -157,6 +165,7 @@ async def _sse(
             for event in events(item):
                 yield _frame(event)
             if isinstance(item, Transcript):
+                request.state.audio_s = item.duration_s
                 break
             item = await items.__anext__()
     except Exception as exc:
