@@ -133,7 +133,11 @@ def test_chat_completion_with_data_uri(compat: OpenAI, speech: Speech, reference
     choice = completion.choices[0]
     assert choice.finish_reason in ("stop", "length") and choice.message.role == "assistant"
     assert choice.message.content == reference.text
-    assert choice.message.annotations is None  # the random model names no language: none is made up
+    # The random model names no language: none is made up, but the annotation is there (the cloud
+    # always sends it, and Alibaba's toolkit reads it).
+    assert choice.message.model_dump(exclude_none=True)["annotations"] == [
+        {"type": "audio_info", "language": ""}
+    ]
     usage = completion.usage
     assert usage is not None
     details = usage.model_dump(exclude_none=True)
@@ -187,7 +191,8 @@ def test_chat_stream_deltas_join_to_the_text(compat: OpenAI, speech: Speech, ref
     assert all(c.choices[0].finish_reason is None for c in chunks[:-1])
     assert all(c.usage is None for c in chunks)  # no include_usage: no usage chunk
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == reference.text
-    assert all("annotations" not in c.choices[0].delta.model_dump(exclude_none=True) for c in chunks)
+    annotations = [c.choices[0].delta.model_dump(exclude_none=True).get("annotations") for c in chunks]
+    assert annotations == [None] * (len(chunks) - 1) + [[{"type": "audio_info", "language": ""}]]
 
 
 def test_chat_stream_with_usage_url_context_and_asr_options(compat: OpenAI, speech: Speech) -> None:

@@ -108,11 +108,11 @@ def usage(seconds: float, context_tokens: int, text_tokens: int) -> dict[str, An
 def result_body(
     text: str, language: str | None, finish_reason: str, usage_body: dict[str, Any], request_id: str
 ) -> dict[str, Any]:
-    """A response (or stream chunk) in message format. `language` is emitted only when known; no
-    `emotion`: the open model does not predict one."""
-    annotation: dict[str, Any] = {"type": "audio_info"}
-    if language:
-        annotation["language"] = language
+    """A response (or stream chunk) in message format. The annotation always carries `language`, as
+    every cloud response does (an empty string when no speech was heard): Alibaba's own
+    qwen3-asr-toolkit reads `annotations[0]["language"]` and fails the whole file without it (issue
+    12). No `emotion`: the open model does not predict one."""
+    annotation = {"type": "audio_info", "language": language or ""}
     return {
         "output": {
             "choices": [
@@ -131,11 +131,12 @@ def result_body(
     }
 
 
-def transcript_body(t: Transcript, text_tokens: int, request_id: str) -> dict[str, Any]:
+def transcript_body(t: Transcript, request_id: str) -> dict[str, Any]:
+    """The non-streamed answer; usage from the token counts the model reported."""
     return result_body(
         t.text,
         t.language,
         t.finish_reason,
-        usage(t.duration_s, t.usage.context_tokens, text_tokens),
+        usage(t.duration_s, t.usage.context_tokens, t.usage.output_tokens),
         request_id,
     )

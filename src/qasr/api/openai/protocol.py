@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from qasr.api.dashscope.protocol import AsrOptions
 from qasr.errors import InvalidRequest
@@ -28,7 +28,6 @@ from qasr.text.subtitles import to_srt, to_vtt
 from qasr.types import Delta, TranscribeOptions, Transcript
 
 M = TypeVar("M", bound=BaseModel)
-CountTokens = Callable[[str], int]
 
 # A URI scheme. Raw base64 (OpenAI's own `input_audio.data`) never contains a colon.
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
@@ -46,16 +45,32 @@ def _validate(cls: type[M], data: Any) -> M:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise InvalidRequest(f"Invalid `{where}`: {first['msg']}.", param=where) from None
+        message = first["msg"].removeprefix("Value error, ")  # our own validators' sentences
+        raise InvalidRequest(f"Invalid `{where}`: {message}.", param=where) from None
 
 
 # --- chat completions (spec section 8) --------------------------------------------------------------
 
 
 class InputAudio(_Lenient):
-    data: str
+    """The audio of an `input_audio` part: `data` (DashScope, OpenAI) or `url` (clients that treat
+    it like `image_url`; issue 12), exactly one of them."""
+
+    data: str | None = None
     """A URL, a data URI, or raw base64 (then `format` names the container)."""
+    url: str | None = None
+    """A URL or a data URI."""
     format: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> InputAudio:
+        if bool(self.data) == bool(self.url):
+            raise ValueError(
+                "give either `data` (a URL, a data URI or base64) or `url` (a URL or a data URI)"
+            )
+        if self.url is not None and not _URI.match(self.url.strip()):
+            raise ValueError("`url` must be a URL or a data URI")
+        return self
 
 
 class AudioUrl(_Lenient):
@@ -74,7 +89,15 @@ class ContentPart(_Lenient):
 
 class ChatMessage(_Lenient):
     role: str
-    content: str | list[ContentPart] | None = None
+    content: list[ContentPart] | None = None
+    """A list of parts, or a string (taken as one text part)."""
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _string_is_a_text_part(cls, value: Any) -> Any:
+        # Converted before validation, not declared as `str | list`: an error inside a part then names
+        # the part (`messages.1.content.0.input_audio`), not the union's `str` arm (issue 12).
+        return [{"type": "text", "text": value}] if isinstance(value, str) else value
 
 
 class StreamOptions(_Lenient):
@@ -116,11 +139,11 @@ def chat_to_domain(req: ChatCompletionRequest) -> tuple[str, TranscribeOptions]:
     context: list[str] = []
     audio: list[str] = []
     for message in req.messages:
-        parts = [ContentPart(text=message.content)] if isinstance(message.content, str) else message.content
+        parts = message.content or []
         if message.role == "system":
-            context += [p.text for p in parts or [] if p.text]
+            context += [p.text for p in parts if p.text]
         elif message.role == "user":
-            audio += [ref for p in parts or [] if (ref := _audio_reference(p)) is not None]
+            audio += [ref for p in parts if (ref := _audio_reference(p)) is not None]
         else:
             raise InvalidRequest(
                 f"Message role {message.role!r} is not supported: send one user message with one audio "
@@ -142,7 +165,9 @@ def chat_to_domain(req: ChatCompletionRequest) -> tuple[str, TranscribeOptions]:
 
 def _audio_reference(part: ContentPart) -> str | None:
     if part.input_audio is not None:
-        data = part.input_audio.data.strip()
+        if part.input_audio.url:
+            return part.input_audio.url.strip()
+        data = (part.input_audio.data or "").strip()
         if _URI.match(data):
             return data
         # OpenAI's own shape: bare base64 plus a format name; the decoder sniffs the container.
@@ -171,7 +196,8 @@ def audio_seconds(duration_s: float) -> int:
     return max(1, math.ceil(duration_s)) if duration_s > 0 else 0
 
 
-def chat_usage(t: Transcript, completion_tokens: int) -> dict[str, Any]:
+def chat_usage(t: Transcript) -> dict[str, Any]:
+    completion_tokens = t.usage.output_tokens  # counted where the model ran
     audio, context = t.usage.audio_tokens, t.usage.context_tokens
     return {
         "prompt_tokens": audio + context,
@@ -183,51 +209,50 @@ def chat_usage(t: Transcript, completion_tokens: int) -> dict[str, Any]:
     }
 
 
-def language_annotations(language: str) -> list[dict[str, str]]:
-    """The language annotation. No `emotion`: the open model does not predict one."""
-    return [{"type": "audio_info", "language": language}]
+def language_annotations(language: str | None) -> list[dict[str, str]]:
+    """The language annotation, always with `language` as in every cloud response (an empty string
+    when no speech was heard; issue 12). No `emotion`: the open model does not predict one."""
+    return [{"type": "audio_info", "language": language or ""}]
 
 
-def chat_completion(meta: ChatMeta, t: Transcript, completion_tokens: int) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": "assistant", "content": t.text}
-    if t.language:
-        message["annotations"] = language_annotations(t.language)
+def chat_completion(meta: ChatMeta, t: Transcript) -> dict[str, Any]:
+    message = {"role": "assistant", "content": t.text, "annotations": language_annotations(t.language)}
     return {
         "id": meta.id,
         "object": "chat.completion",
         "created": meta.created,
         "model": meta.model,
         "choices": [{"index": 0, "message": message, "finish_reason": t.finish_reason, "logprobs": None}],
-        "usage": chat_usage(t, completion_tokens),
+        "usage": chat_usage(t),
     }
 
 
 class ChatStream:
     """Turns the pipeline's items into `chat.completion.chunk` bodies (spec section 8): a first chunk
-    with the role, the language annotation once it is known, text deltas, a chunk with
+    with the role, the language annotation once it is known (at the latest on the `finish_reason`
+    chunk, with an empty language when no speech was heard), text deltas, a chunk with
     `finish_reason`, and with `include_usage` a last chunk with `choices: []` and the usage."""
 
-    def __init__(self, meta: ChatMeta, include_usage: bool, count_tokens: CountTokens) -> None:
+    def __init__(self, meta: ChatMeta, include_usage: bool) -> None:
         self.meta = meta
         self.include_usage = include_usage
-        self.count_tokens = count_tokens
         self._opened = False
         self._language_sent = False
 
     def chunks(self, item: Delta | Transcript) -> list[dict[str, Any]]:
         out = [] if self._opened else [self._chunk({"role": "assistant", "content": ""})]
         self._opened = True
-        delta = self._language(item.language)
+        delta = self._language(item.language, final=isinstance(item, Transcript))
         if isinstance(item, Transcript):
             out.append(self._chunk(delta, finish_reason=item.finish_reason))
             if self.include_usage:
-                out.append(self._usage_chunk(chat_usage(item, self.count_tokens(item.text))))
+                out.append(self._usage_chunk(chat_usage(item)))
         elif item.text or delta:
             out.append(self._chunk({**delta, "content": item.text}))
         return out
 
-    def _language(self, language: str | None) -> dict[str, Any]:
-        if not language or self._language_sent:
+    def _language(self, language: str | None, final: bool) -> dict[str, Any]:
+        if self._language_sent or not (language or final):
             return {}
         self._language_sent = True
         return {"annotations": language_annotations(language)}
@@ -303,7 +328,8 @@ def transcription_options(form: TranscriptionForm) -> TranscribeOptions:
     )
 
 
-def transcription_usage(t: Transcript, output_tokens: int) -> dict[str, Any]:
+def transcription_usage(t: Transcript) -> dict[str, Any]:
+    output_tokens = t.usage.output_tokens  # counted where the model ran
     """Token usage in the `tokens` shape of OpenAI's transcription usage."""
     audio, context = t.usage.audio_tokens, t.usage.context_tokens
     return {
@@ -315,20 +341,20 @@ def transcription_usage(t: Transcript, output_tokens: int) -> dict[str, Any]:
     }
 
 
-def transcription_json(t: Transcript, output_tokens: int) -> dict[str, Any]:
-    """`json`: OpenAI's `text` and `usage`, plus `language` (a code, or null when no speech was heard)
+def transcription_json(t: Transcript) -> dict[str, Any]:
+    """`json`: OpenAI's `text` and `usage`, plus `language` (a code: the forced one, or the detected one; null when no speech was heard and none was forced)
     and `languages` (every language detected, longest first)."""
     return {
         "text": t.text,
         "language": t.language,
         "languages": [{"code": code} for code in t.languages],
-        "usage": transcription_usage(t, output_tokens),
+        "usage": transcription_usage(t),
     }
 
 
 def transcription_verbose(t: Transcript) -> dict[str, Any]:
     """`verbose_json`. `language` is a code (`en`), not OpenAI's name (`english`), as everywhere in
-    qasr; null when no speech was heard. Segments carry only what the pipeline measures (id, start,
+    qasr; null when no speech was heard and none was forced. Segments carry only what the pipeline measures (id, start,
     end, text): no log-probabilities or compression ratios are made up."""
     return {
         "task": "transcribe",
@@ -352,13 +378,13 @@ TEXT_FORMATS: dict[str, tuple[Callable[[Transcript], str], str]] = {
 """Renderer and content type of each response format that is not JSON."""
 
 
-def transcription_events(item: Delta | Transcript, count_tokens: CountTokens) -> list[dict[str, Any]]:
+def transcription_events(item: Delta | Transcript) -> list[dict[str, Any]]:
     """OpenAI's transcription stream events: `transcript.text.delta` per piece of text, then one
     `transcript.text.done` with the whole text and the usage."""
     if isinstance(item, Transcript):
         done: dict[str, Any] = {"type": "transcript.text.done", "text": item.text}
         done["languages"] = [{"code": code} for code in item.languages]
-        done["usage"] = transcription_usage(item, count_tokens(item.text))
+        done["usage"] = transcription_usage(item)
         return [done]
     return [{"type": "transcript.text.delta", "delta": item.text}] if item.text else []
 
