@@ -1,5 +1,5 @@
 """Inverse text normalization: exact-match accuracy per category, per-sentence latency and load time of
-qasr's ITN, measured in the same run as the libraries it was chosen over (STYLE.md habit 14).
+qasr's ITN, measured in the same run as the libraries it was chosen over (docs/STYLE.md habit 14).
 
 Systems:
 - `qasr`: `qasr.text.itn` (WeTextProcessing grammars, qasr's written conventions).

@@ -16,11 +16,15 @@ Chinese (GB/T 15835, 出版物上数字用法)
 - Round 万/亿 keep the character: 三千万 -> 3000万, 五万元 -> 5万元; others in full: 一万两千 -> 12000.
 - Decimals 3.14; fractions 三分之一 -> 1/3; percent 百分之五 -> 5%, 千分之五 -> 5‰; negatives -12.
 - Money keeps its unit word: 一百二十三块五 -> 123.5块, 三千万美元 -> 3000万美元.
-- Dates keep 年月日/号: 二零二四年三月十五日 -> 2024年3月15日, 九八年 -> 98年, 九零后 -> 90后.
+- Dates keep 年月日/号: 二零二四年三月十五日 -> 2024年3月15日, 两千零一十年七月 -> 2010年7月, 九八年 -> 98年,
+  九零后 -> 90后, 六月七号到九号 -> 6月7号到9号, 下个月三号 -> 下个月3号. Lunar dates stay in
+  characters: 农历八月十五, 正月十五, 腊月二十三.
 - Times: with minutes H:MM (下午三点半 -> 下午3:30, 十二点三十分二十秒 -> 12:30:20); a whole hour
   keeps 点 and needs a time-of-day word (早上八点 -> 早上8点); a bare 八点 stays.
 - Digit strings (phone numbers, codes) run together: 幺三八零零一三八零零零 -> 13800138000.
 - Approximate numbers and fixed expressions stay: 三四个, 十几, 几百, 十分感谢, 十字路口, 三番五次.
+- Scores and votes 以三比二获胜 -> 以3:2获胜; sums 三加五等于八 -> 3+5=8; 负三 -> -3; temperatures keep
+  零下: 零下五度 -> 零下5度 (`qasr.text.itn_expressions` says when: 五比三大, 三度夺冠 stay).
 
 English (AP style)
 - Cardinals from 10 in digits with thousands commas: twenty-five -> 25, fifty thousand -> 50,000,
@@ -32,7 +36,9 @@ English (AP style)
   weight (3 pounds), never as £, because the two cannot be told apart.
 - Measures keep the unit word: 75 kilograms, 6 feet, 65 miles per hour; "one kilometer" and small
   durations ("three days") stay words.
-- Dates: January 5, 2024; the 21st of May; years 1998, 2008, the 1980s.
+- Dates: January 5, 2024 (also for "January the fifth"); the 21st of May; years 1998, 2008, the 1980s.
+- Scores and votes 102-98, 3-1, 2-0 ("won three nil"); sums 2 + 2 = 4; signs -5, -5 degrees, 5 below
+  zero (`qasr.text.itn_expressions` says when: "a two to three hour drive" stays).
 - Times: 3:30 PM, 7 AM, 8:15, 10 o'clock.
 - Phone numbers 555-123-4567, 867-5309, 1-800-555-1212, +1-415-555-2671; other digit strings run
   together (911, 90210).
@@ -63,6 +69,8 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from qasr.errors import ItnUnavailable
+from qasr.text.itn_expressions import ZH_KINDS, combine_en, render_zh
+from qasr.text.itn_spans import grouped, ordinal, phone, text_after, text_before, text_of, zh_number
 from qasr.text.languages import ALIASES, NAME_TO_CODE
 
 if TYPE_CHECKING:
@@ -256,34 +264,10 @@ def _has_surrogates(text: str) -> bool:
     return False
 
 
-def _said(source: bytes, span: Span) -> str:
-    return source[span.start : span.end].decode()
-
-
-def _before(source: bytes, span: Span, size: int = 120) -> str:
-    """The text just before `span` (enough for a few words of context)."""
-    return source[max(0, span.start - size) : span.start].decode(errors="ignore")
-
-
-def _after(source: bytes, span: Span, size: int = 120) -> str:
-    return source[span.end : span.end + size].decode(errors="ignore")
-
-
 # --- Chinese ------------------------------------------------------------------------------------
 
+ZH_NUMBERED = set("楼线院床房车门窗台位")  # 三号楼: 号 numbers a thing, it is not a day
 ZH_COUNTED = set("斤两个只件张条瓶包盒袋杯碗份本支罐箱根把双对串棵颗粒")  # a digit before these counts them
-
-
-def _zh_number(value: str) -> str:
-    """Round 万/亿 keep their character (50000 -> 5万); other numbers are written in full."""
-    match = re.fullmatch(r"(-?)(\d{5,})", value)
-    if match is None:
-        return value
-    number = int(match.group(2))
-    for unit, size in (("亿", 10**8), ("万", 10**4)):
-        if number % size == 0:
-            return f"{match.group(1)}{number // size}{unit}"
-    return value
 
 
 def _zh_clock(hour: str, minute: str | None, second: str | None, hour_word: str) -> str:
@@ -295,12 +279,17 @@ def _zh_clock(hour: str, minute: str | None, second: str | None, hour_word: str)
 def _render_zh(source: bytes, spans: list[Span]) -> list[tuple[Span, str | None]]:
     written = []
     for span in spans:
-        if "j" in span.fields and _after(source, span, 3)[:1] in ZH_COUNTED:
+        if "j" in span.fields and text_after(source, span, 3)[:1] in ZH_COUNTED:
             # 一百块一斤: the 一 after 块 counts the 斤, it is not 1 毛; rewrite only up to 块.
-            tail = _said(source, span).split(span.fields["u"], 1)[1]
+            tail = text_of(source, span).split(span.fields["u"], 1)[1]
             fields = {key: value for key, value in span.fields.items() if key != "j"}
             span = replace(span, fields=fields, end=span.end - len(tail.encode()))
-        written.append((span, _render_zh_span(span.name, span.fields, _said(source, span))))
+        if span.name in ZH_KINDS:
+            written.append((span, render_zh(source, span)))
+        elif "mp" in span.fields and text_after(source, span, 3)[:1] in ZH_NUMBERED:
+            written.append((span, None))  # 下个月三号楼: building 3, not the 3rd
+        else:
+            written.append((span, _render_zh_span(span.name, span.fields, text_of(source, span))))
     return written
 
 
@@ -308,11 +297,11 @@ def _render_zh_span(kind: str, f: dict[str, str], said: str) -> str | None:
     if kind == "digits":
         return f["v"]  # a code or phone number: never 10万
     if kind == "cardinal":
-        return _zh_number(f["v"])
+        return zh_number(f["v"])
     if kind in ("measure", "money"):
-        return _zh_number(f["v"]) + (f".{f['j']}" if "j" in f else "") + f["u"]
+        return zh_number(f["v"]) + (f".{f['j']}" if "j" in f else "") + f["u"]
     if kind == "range":
-        return _zh_number(f["v0"]) + f["to"] + _zh_number(f["v"]) + f["u"]
+        return zh_number(f["v0"]) + f["to"] + zh_number(f["v"]) + f["u"]
     if kind == "percent":
         upper = f"{f['to']}{f['v2']}{f['p']}" if "v2" in f else ""
         return f"{f.get('s', '')}{f['v']}{f['p']}{upper}"
@@ -323,7 +312,8 @@ def _render_zh_span(kind: str, f: dict[str, str], said: str) -> str | None:
     if kind == "date":
         year = f"{f['y']}年" if "y" in f else ""
         month = f"{f['m']}月" if "m" in f else ""
-        return year + month + f.get("d", "") + f.get("ds", "")
+        until = f"{f['to']}{f['d2']}{f['ds2']}" if "d2" in f else ""  # 6月7号到9号
+        return f.get("mp", "") + year + month + f.get("d", "") + f.get("ds", "") + until
     if kind == "time":
         hour_word = "點" if "點" in said else "点"
         clock = _zh_clock(f["h"], f.get("min"), f.get("sec"), hour_word) + f.get("whole", "")
@@ -355,56 +345,36 @@ _NUMBER_WORDS |= {*_ONES, *_TEENS, *_TENS, *_FIRST_TO_NINTH, *_MAGNITUDES}
 _NUMBER_WORDS |= {"twelfth"} | {w + "th" for w in _TEENS if w != "twelve"} | {w[:-1] + "ieth" for w in _TENS}
 _NUMBER_WORDS |= {w + "s" for w in _NUMBER_WORDS if w.endswith("th")}
 _HYPHENATED = re.compile(rf"\b(?:{'|'.join(_TENS)})-(?:{'|'.join(_ONES + _FIRST_TO_NINTH)})\b", re.IGNORECASE)
+_SCORE_HYPHEN = re.compile(rf"\b(?:zero|{'|'.join(_ONES + _TEENS + _TENS)})-(?:nil|all)\b", re.IGNORECASE)
 _LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 _TIME_UNITS = {"second", "minute", "hour", "day", "week", "month", "year"}
 _TIME_UNITS |= {unit + "s" for unit in _TIME_UNITS}
+_PERIOD_CUES = {"after", "first", "last", "past", "next", "through", "consecutive", "straight"}
 _YEAR_CUES = {"in", "of", "year", "since", "until", "till", "by", "from", "to", "before", "after", "around"}
 _SENTENCE_START = re.compile(r"(?:\A\s*|[.!?]\s+|[\"“(]\s*)\Z")
 
 
 def _fold_english(text: str) -> str:
-    """What the English tagger reads: ASCII lower case, "twenty-five" as "twenty five".
+    """What the English tagger reads: ASCII lower case, "twenty-five" as "twenty five", "two-nil" as
+    "two nil".
 
     Both keep every byte offset, so spans found in the folded text address the original.
     """
-    return _HYPHENATED.sub(lambda m: m.group(0).replace("-", " "), text.translate(_LOWER))
+    return _SCORE_HYPHEN.sub(_unhyphenate, _HYPHENATED.sub(_unhyphenate, text.translate(_LOWER)))
 
 
-def _grouped(value: str) -> str:
-    """Thousands commas for integers from 1000 (2,500; 50,000), a zero before a bare point (0.5)."""
-    sign, digits = ("-", value[1:]) if value.startswith("-") else ("", value)
-    if digits.startswith("."):
-        return f"{sign}0{digits}"
-    return f"{sign}{int(digits):,}" if digits.isdigit() and len(digits) >= 4 else value
-
-
-def _ordinal(value: int) -> str:
-    suffix = "th" if 10 <= value % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(value % 10, "th")
-    return f"{value}{suffix}"
-
-
-def _phone(digits: str) -> str:
-    """North American grouping for phone-length digit strings (7, 10, 1+10, +CC+10 digits)."""
-    plus, body = ("+", digits[1:]) if digits.startswith("+") else ("", digits)
-    if plus and len(body) > 10:
-        return f"+{body[:-10]}-{_phone(body[-10:])}"
-    if len(body) == 7:
-        return f"{body[:3]}-{body[3:]}"
-    if len(body) == 10:
-        return f"{body[:3]}-{body[3:6]}-{body[6:]}"
-    if len(body) == 11 and body.startswith("1"):
-        return f"1-{_phone(body[1:])}"
-    return plus + body
+def _unhyphenate(match: re.Match[str]) -> str:
+    return match.group(0).replace("-", " ")
 
 
 def _words_around(source: bytes, span: Span) -> tuple[list[str], list[str]]:
-    return _before(source, span).lower().split(), _after(source, span).lower().split()
+    return text_before(source, span).lower().split(), text_after(source, span).lower().split()
 
 
 def _is_name(source: bytes, span: Span) -> bool:
     """A capitalized number word inside a sentence is a name (Ocean's Eleven, Formula One)."""
-    at_start = _SENTENCE_START.search(_before(source, span)) is not None
-    for index, word in enumerate(_said(source, span).split()):
+    at_start = _SENTENCE_START.search(text_before(source, span)) is not None
+    for index, word in enumerate(text_of(source, span).split()):
         if word[:1].isupper() and word.strip(".,").lower() in _NUMBER_WORDS and not (index == 0 and at_start):
             return True
     return False
@@ -412,6 +382,8 @@ def _is_name(source: bytes, span: Span) -> bool:
 
 def _is_fragment(source: bytes, span: Span) -> bool:
     """Part of a number the grammar did not read whole ("a hundred and twenty"): leave it as said."""
+    if span.name == "signed":
+        return False  # "one hundred minus five": a sign never continues the number before it
     before, after = _words_around(source, span)
     if _MAGNITUDES & set(before[-1:] + after[:1]):
         return True
@@ -419,29 +391,32 @@ def _is_fragment(source: bytes, span: Span) -> bool:
 
 
 def _render_en(source: bytes, spans: list[Span]) -> list[tuple[Span, str | None]]:
-    written = [
-        None if _is_name(source, span) or _is_fragment(source, span) else _render_en_span(source, span)
-        for span in spans
-    ]
+    usable = [not (_is_name(source, span) or _is_fragment(source, span)) for span in spans]
+    written = [_render_en_span(source, span) if ok else None for span, ok in zip(spans, usable, strict=True)]
     _join_ranges(source, spans, written)
-    return list(zip(spans, written, strict=True))
+    return combine_en(source, spans, written, usable)  # scores, sums and signs across spans
 
 
 def _render_en_span(source: bytes, span: Span) -> str | None:
-    f, kind, said = span.fields, span.name, _said(source, span)
+    f, kind, said = span.fields, span.name, text_of(source, span)
     if kind == "cardinal":
-        return _grouped(f["v"]) if abs(int(f["v"])) >= 10 else None
+        return grouped(f["v"]) if abs(int(f["v"])) >= 10 else None
+    if kind == "signed":  # "minus five": the sign makes even a small number a number
+        return grouped(f["v"])
     if kind == "ordinal":
-        return _ordinal(int(f["v"])) if int(f["v"]) >= 10 else None
+        return ordinal(int(f["v"])) if int(f["v"]) >= 10 else None
     if kind == "decimal":
-        number = _grouped(f.get("integer_part", "0")) + (
+        number = grouped(f.get("integer_part", "0")) + (
             f".{f['fractional_part']}" if "fractional_part" in f else ""
         )
         return ("-" if f.get("negative") else "") + number + (f" {f['quantity']}" if "quantity" in f else "")
     if kind == "fraction":
+        before, _ = _words_around(source, span)
+        if said.lower().endswith(("quarters", "halves")) and before[-1:] and before[-1] in _PERIOD_CUES:
+            return None  # "after three quarters", "the last two quarters": periods of a game or a year
         return (f"{f['i']} " if "i" in f else "") + f"{f['n']}/{f['d']}"
     if kind == "digits":
-        return _phone(f["v"])
+        return phone(f["v"])
     if kind == "measure":
         return _render_measure(f["v"], f["u"], said)
     if kind == "money":
@@ -455,21 +430,21 @@ def _render_en_span(source: bytes, span: Span) -> str | None:
 
 def _render_measure(value: str, unit: str, said: str) -> str | None:
     if unit in ("percent", "per cent"):
-        return f"{_grouped(value)}%"
+        return f"{grouped(value)}%"
     small = value.lstrip("-").isdigit() and abs(int(value)) < 10
     if value in ("1", "-1") or (small and unit in _TIME_UNITS):
         return None  # "one kilometer", "three days" read better as words
-    return f"{_grouped(value)} {' '.join(said.split()[-len(unit.split()) :])}"
+    return f"{grouped(value)} {' '.join(said.split()[-len(unit.split()) :])}"
 
 
 def _render_money(f: dict[str, str], said: str) -> str | None:
     if "value" not in f:  # cents alone: "50 cents"
         return f"{int(f['decimal'])} {said.split()[-1]}"
     if f["currency"] == "£":  # "three pounds of apples" is a weight more often than a price
-        return None if f["value"] == "1" or "decimal" in f else f"{_grouped(f['value'])} {said.split()[-1]}"
+        return None if f["value"] == "1" or "decimal" in f else f"{grouped(f['value'])} {said.split()[-1]}"
     cents = f".{f['decimal']}" if "decimal" in f else ""
     quantity = f" {f['quantity']}" if "quantity" in f else ""
-    return f"{f['currency']}{_grouped(f['value'])}{cents}{quantity}"
+    return f"{f['currency']}{grouped(f['value'])}{cents}{quantity}"
 
 
 def _render_time(source: bytes, span: Span, said: str) -> str | None:
@@ -484,7 +459,7 @@ def _render_time(source: bytes, span: Span, said: str) -> str | None:
         clock = f"{hour} o'clock"
     else:
         clock = f"{hour}:{minute}" + (f" {noon}" if noon else "")
-    if said.endswith(".") and re.match(r"\s*(?:\Z|[A-Z])", _after(source, span)):
+    if said.endswith(".") and re.match(r"\s*(?:\Z|[A-Z])", text_after(source, span)):
         clock += "."  # "seven a.m." ended the sentence: keep its full stop
     return clock
 
@@ -496,21 +471,23 @@ def _render_date(source: bytes, span: Span, said: str) -> str | None:
     month = next((w for w in said.split() if w.lower().strip(",") == f["month"]), "")
     if not month[:1].isupper() or not f.get("day", "").isdigit():
         return None  # lower-case "march", "may" are verbs
+    if month == "May" and said.split()[1:2] == ["the"] and _SENTENCE_START.search(text_before(source, span)):
+        return None  # "May the fourth be with you"
     day = int(f["day"])
     year = f", {f['year']}" if "year" in f else ""
     if said.split()[0] == month:
         return f"{month} {day}{year}"
-    return f"{'the ' if said.lower().startswith('the ') else ''}{_ordinal(day)} of {month}{year}"
+    return f"{'the ' if said.lower().startswith('the ') else ''}{ordinal(day)} of {month}{year}"
 
 
 def _render_year(source: bytes, span: Span, year: str) -> str | None:
     if not year[:4].isdigit():
         return None
-    said = _said(source, span).lower()
+    said = text_of(source, span).lower()
     counted = year.isdigit() and ("hundred" in said or ("thousand" in said and int(year) <= 2000))
     before, _ = _words_around(source, span)
     if counted and not (before and before[-1] in _YEAR_CUES):
-        return _grouped(year)  # "two thousand people", "fourteen hundred students" are counts
+        return grouped(year)  # "two thousand people", "fourteen hundred students" are counts
     return year
 
 
@@ -518,11 +495,11 @@ def _join_ranges(source: bytes, spans: list[Span], written: list[str | None]) ->
     """Both ends of a range take the same form: "five to ten kilometers" -> "5 to 10 kilometers"."""
     for i, (left, right) in enumerate(itertools.pairwise(spans)):
         between = source[left.end : right.start].decode()
-        if left.name != "cardinal" or written[i + 1] is None or not _said(source, left).islower():
+        if left.name != "cardinal" or written[i + 1] is None or not text_of(source, left).islower():
             continue
         if between not in (" to ", " and ", " through ", " or "):
             continue
-        value, unit = _grouped(left.fields["v"]), right.fields.get("u", "")
+        value, unit = grouped(left.fields["v"]), right.fields.get("u", "")
         if right.name == "measure" and unit in ("percent", "per cent"):
             written[i] = f"{value}%"
         elif right.name == "money" and "value" in right.fields and right.fields["currency"] != "£":

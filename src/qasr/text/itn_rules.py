@@ -4,10 +4,11 @@ This module imports pynini and WeTextProcessing (its `itn` and `tn` packages) at
 `qasr.text.itn` imports it lazily. It owns everything that touches an FST:
 
 - `build_tagger(language)` composes a tagger from WeTextProcessing's number, fraction, date, time and
-  money grammars plus a few classes of our own (unit words kept as said, digit strings, ranges, fixed
-  expressions to leave alone). WeTextProcessing's verbalizers are not used: they write conventions a
-  reader does not expect in running text (`2024/03/15`, `75kg`, `3:30p.m.`) and join a date and the
-  time after it into one token (`2024/03/153:30p.m.`), so `qasr.text.itn` writes each span itself.
+  money grammars plus a few classes of our own (unit words kept as said, digit strings, ranges, scores,
+  sums, signed numbers, temperatures, and fixed expressions and lunar dates to leave alone).
+  WeTextProcessing's verbalizers are not used: they write conventions a reader does not expect in
+  running text (`2024/03/15`, `75kg`, `3:30p.m.`) and join a date and the time after it into one token
+  (`2024/03/153:30p.m.`), so `qasr.text.itn` writes each span itself.
 - `load_tagger(language, cache_dir)` builds once and caches the FST on disk under a name that hashes
   this file and the library versions, so only the first start on a machine pays for compilation.
 - `tag(fst, text)` returns the tagged spans with their byte offsets in `text`, read off the arcs of the
@@ -98,7 +99,10 @@ ZH_CURRENCY = [
 ZH_KEEP = [
     "十分", "十字", "十几", "几十", "几百", "几千", "几万", "十来", "百分之百", "百分百", "一千零一夜",
     "九九八十一", "三七二十一", "万一", "千千万万", "一五一十", "三番五次", "十全十美", "十有八九",
+    "十一长假", "十一假期", "十一黄金周", "十一期间", "十一放假", "国庆十一",
 ]  # fmt: skip
+ZH_THIS_MONTH = ["这个月", "下个月", "上个月", "本月", "当月", "次月", "每月", "每个月"]
+ZH_OPERATORS = {"加": "+", "加上": "+", "减": "-", "减去": "-", "乘": "×", "乘以": "×", "除以": "÷"}
 ZH_TIME_OF_DAY = [
     "上午", "早上", "早晨", "清晨", "中午", "下午", "晚上", "傍晚", "凌晨", "半夜", "夜里", "夜晚",
     "今早", "明早", "今晚", "明晚", "昨晚", "上晝", "下晝", "朝早", "晏晝", "今朝",
@@ -175,8 +179,16 @@ def _zh_calendar(n: _ZhNumbers) -> dict[str, pynini.Fst]:
     two_digits = difference(_inputs(n.digit**2), n.approx) @ n.digit**2  # 九八年, not 五六年
     month = _field("m", _numbers(_zh_words(12))) + delete("月")
     day = _field("d", _numbers(_zh_words(31))) + _keep("ds", ["日", "号", "號"])
+    # 六月七号到九号: the second day of a range shares the month.
+    day += (
+        _keep("to", ["到", "至"]) + _field("d2", _numbers(_zh_words(31))) + _keep("ds2", ["日", "号", "號"])
+    ).ques
     date = _field("y", n.digit**4 | n.digit**3 | two_digits) + delete("年") + (month + day.ques).ques
+    # A year said as a number (两千零一十年七月) is a year when a month follows; alone it is a count.
+    spoken_year = n.big @ (accep("1") + byte.DIGIT**3 | accep("20") + byte.DIGIT**2)
+    date |= _field("y", spoken_year) + delete("年") + month + day.ques
     date |= month + (day | _keep("ds", ["份"]))
+    date |= _keep("mp", ZH_THIS_MONTH) + day  # 下个月三号: the month is named by a word
 
     oclock = delete(union("点", "點"))
     zero_x = {f"零{word}": value for word, value in zip(ZH_DIGITS, range(1, 10), strict=True)}
@@ -193,14 +205,46 @@ def _zh_calendar(n: _ZhNumbers) -> dict[str, pynini.Fst]:
     return {"date": date, "time": time, "generation": generation}
 
 
+def _zh_expressions(n: _ZhNumbers) -> dict[str, pynini.Fst]:
+    """Scores and votes (三比二), arithmetic (三加五等于八), signed numbers (负三), temperatures (零下五度).
+
+    Single digits are read here too; `qasr.text.itn_expressions` writes them only where the context
+    says what they are (比分三比二, but 五比三大 stays), and otherwise as the rules above would.
+    """
+    integer = n.any @ byte.DIGIT.plus
+    score = _field("v0", integer) + delete("比") + _field("v", integer)
+    expression = n.any + (string_map(ZH_OPERATORS.items()) + n.any).plus
+    result = delete(union("等于", "是", "得")) + _field("r", n.any)
+    question = _keep("q", [equals + what for equals in ("等于", "是") for what in ("多少", "几")])
+    return {
+        "score": score,
+        "arithmetic": _field("e", expression) + (result | question),
+        "signed": _field("v", (accep("负") + VSIGMA) @ n.any),
+        "temperature": _keep("s", ["零下", "零上"]).ques + _field("v", n.any) + _keep("u", ["度"]),
+    }
+
+
 def _zh_tagger() -> pynini.Fst:
     numbers = _zh_numbers()
     amounts, calendar = _zh_amounts(numbers), _zh_calendar(numbers)
+    expressions = _zh_expressions(numbers)
+    # Lunar dates stay in characters (GB/T 15835): 农历八月十五, 正月十五, 腊月二十三, and the festivals
+    # 八月十五 and 七月十五. Dearer than a year plus a cardinal: "二零二四年八月十五" is a solar date.
+    lunar_day = accep("初").ques + union(*_zh_words(30)) + accep("日").ques
+    months = union(*(f"{word}月" for word in _zh_words(12)))
+    lunar_month = union("正月", "腊月", "臘月", "冬月")
+    lunar = union("农历", "農曆", "阴历", "陰曆", "旧历") + (months | lunar_month) + lunar_day.ques
+    lunar |= lunar_month + lunar_day | union("八月十五", "七月十五")
     whitelist = _inputs(string_file(_data("chinese/data/default/whitelist.tsv")))
     # An approximate number keeps the unit after it too: 二三十岁 must not become 二三10岁.
     keep = whitelist | union(*ZH_KEEP) | numbers.approx + union(*_zh_units(), "块", "塊").ques
     token = (
         _token("keep", delete(keep), 1.0)
+        | _token("keep", delete(lunar), 1.07)
+        | _token("arithmetic", expressions["arithmetic"], 1.03)
+        | _token("score", expressions["score"], 1.04)
+        | _token("temperature", expressions["temperature"], 1.045)
+        | _token("signed", expressions["signed"], 1.055)
         | _token("date", calendar["date"], 1.02)
         | _token("generation", calendar["generation"], 1.02)
         | _token("percent", amounts["percent"], 1.03)
@@ -285,15 +329,23 @@ def _en_classes() -> pynini.Fst:
     date = EnDate(cardinal=cardinal, ordinal=ordinal).tagger @ _inputs(
         difference(VSIGMA, VSIGMA + 'year: "' + not_a_year + VSIGMA)
     )
+    # "April the fifteenth", which WeTextProcessing does not read.
+    day = ordinal.graph @ union(*(str(day) for day in range(1, 32)))
+    months = string_file(_data("english/data/months.tsv"))
+    month_the_day = _field("month", months) + DS + delete("the") + DS + _field("day", day)
     ordinals = ordinal.graph | string_map([("hundredth", "100"), ("thousandth", "1000")])
+    # "minus five", "negative two point five": a sign makes even a small number a number.
+    signed = minus + (cardinal.graph + (DS + point).ques | point)
     return (
         _token("fraction", fraction, 1.07)
         | add_weight(EnMoney(cardinal=cardinal, decimal=decimal).tagger, 1.08)
         | add_weight(date, 1.09)
+        | _token("date", month_the_day, 1.09)
         | _token("ordinal", _field("v", ordinals), 1.09)
         | _token("measure", _field("v", real) + DS + _keep("u", EN_UNITS), 1.095)
         | add_weight(EnTime(cardinal=cardinal).tagger, 1.1)
         | _token("time", oh_time, 1.1)
+        | _token("signed", _field("v", signed), 1.099)
         | add_weight(decimal.tagger, 1.1)
         | _token("cardinal", _field("v", closure(minus, 0, 1) + cardinal.graph), 1.1)
         | _token("digits", _field("v", _en_digit_strings()), 1.12)
@@ -334,7 +386,9 @@ def load_tagger(language: str, cache_dir: Path | None) -> pynini.Fst:
         fst = build_tagger(language)
         if path is not None:
             _write_atomically(fst, path)
-    return fst.arcsort("ilabel")  # sorted once, so composing with an input needs no sort per call
+    # Sorted once, so composing with an input needs no sort per call.
+    sorted_fst: pynini.Fst = fst.arcsort("ilabel")
+    return sorted_fst
 
 
 def _write_atomically(fst: pynini.Fst, path: Path) -> None:
