@@ -29,6 +29,9 @@ install: $(BIN)/python
 install-test: $(BIN)/python
 	scripts/install-torch.sh $(BIN)/pip $(TORCH_VERSION) $(TORCH_INDEX)
 	$(BIN)/pip install -q -c $(LOCK) --no-build-isolation -e ".[test]"
+# dashscope 1.24.6 for tests/api/test_dashscope_e2e.py, once, without its dependencies (2.0.2's serve)
+	test -d $(VENV)/sdk/dashscope-1.24.6/dashscope || \
+		$(BIN)/pip install -q --no-deps --target $(VENV)/sdk/dashscope-1.24.6 -r requirements/sdk-1.24.6.txt
 
 serve: install
 	$(BIN)/qasr serve $(ARGS)

@@ -1,25 +1,29 @@
-"""The temporary-upload store (spec §3): policies, the multipart POST's checks, resolving `oss://` keys."""
+"""The temporary-upload store (spec §3): policies, the multipart POST's checks, resolving `oss://` keys;
+then the real `dashscope` SDK's uploader against qasr itself."""
 
 from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
 import io
 import json
+import logging
 import os
 import stat
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 
+import httpx
 import pytest
-from python_multipart import parse_form
+from dashscope.api_entities.dashscope_response import MultiModalConversationResponse
 
-from qasr.api.dashscope.uploads import ACCESS_KEY_ID, UploadStore
-from qasr.errors import AudioTooLarge, InvalidUploadPolicy, Overloaded, QasrError, UploadNotFound
+from qasr.audio.uploads import ACCESS_KEY_ID, UploadStore
+from qasr.engine.qwen3 import Qwen3ASREngine
+from qasr.errors import AudioTooLarge, InvalidUploadPolicy, Overloaded, UploadNotFound
+from qasr.settings import Settings
+from tests.api.inprocess import serve_in_thread
+from tests.helpers import synthesize
 
 MODEL = "qwen3-asr-flash"
 KEY = "sk-test-key"
@@ -456,140 +460,120 @@ def test_invalid_limits_rejected(tmp_path: Path) -> None:
         UploadStore(tmp_path, max_bytes=0)
 
 
-# --- the real SDK's uploader against a loopback server -----------------------------------------------
+# --- the real SDK's uploader against qasr itself -----------------------------------------------------
+
+SDK_UPLOAD_MAX_BYTES = 256 * 1024
+OTHER_KEY = "sk-another-test-key"
+GENERATION = "/api/v1/services/aigc/multimodal-generation/generation"
 
 
-class _Server(ThreadingHTTPServer):
-    store: UploadStore
-    seen: list[tuple[str, str, bool, str]]
-
-
-class _Handler(BaseHTTPRequestHandler):
-    """Just enough of getPolicy (§3.2), the OSS POST (§3.3) and generation (§3.4) for the SDK."""
-
-    protocol_version = "HTTP/1.1"
-    server: _Server
-
-    def do_GET(self) -> None:
-        url = urlsplit(self.path)
-        query = parse_qs(url.query)
-        self._record(url.path)
-        host = f"http://127.0.0.1:{self.server.server_address[1]}/oss"
-        data = self.server.store.issue_policy(self._api_key(), query["model"][0], host)
-        self._send(200, {"request_id": "req-policy", "data": data})
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        self._record(self.path)
-        try:
-            if self.path == "/oss":
-                self._upload(body)
-                self._send(200, {})
-            else:
-                self._generate(json.loads(body))
-        except QasrError as exc:
-            self._send(403, {"code": type(exc).__name__, "message": exc.message})
-
-    def _upload(self, body: bytes) -> None:
-        fields: dict[str, str] = {}
-        files: list[tuple[str | None, bytes]] = []
-
-        def on_field(field: object) -> None:
-            fields[field.field_name.decode()] = field.value.decode()  # type: ignore[attr-defined]
-
-        def on_file(file: object) -> None:
-            file.file_object.seek(0)  # type: ignore[attr-defined]
-            name = file.file_name.decode() if file.file_name else None  # type: ignore[attr-defined]
-            files.append((name, file.file_object.read()))  # type: ignore[attr-defined]
-
-        headers = {"Content-Type": self.headers["Content-Type"].encode()}
-        parse_form(headers, io.BytesIO(body), on_field, on_file)
-        [(filename, data)] = files
-        self.server.store.accept_upload(fields, filename, data)
-
-    def _generate(self, request: dict[str, object]) -> None:
-        messages = request["input"]["messages"]  # type: ignore[index]
-        [audio] = [part["audio"] for m in messages if m["role"] == "user" for part in m["content"]]
-        path = self.server.store.resolve(audio, self._api_key(), str(request["model"]))
-        text = hashlib.sha256(path.read_bytes()).hexdigest()
-        message = {"role": "assistant", "content": [{"text": text}]}
-        output = {"choices": [{"finish_reason": "stop", "message": message}]}
-        self._send(200, {"request_id": "req-gen", "output": output, "usage": {}})
-
-    def _api_key(self) -> str | None:
-        header = self.headers.get("Authorization")
-        return header.removeprefix("Bearer ") if header else None
-
-    def _record(self, path: str) -> None:
-        resolve = self.headers.get("X-DashScope-OssResourceResolve", "")
-        self.server.seen.append((self.command, path.split("?")[0], "Authorization" in self.headers, resolve))
-
-    def _send(self, status: int, payload: dict[str, object]) -> None:
-        body = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    clip = synthesize("Upload test.", tmp_path_factory.mktemp("speech") / "welcome.wav")
+    assert clip.stat().st_size < SDK_UPLOAD_MAX_BYTES
+    return clip
 
 
 @pytest.fixture
-def sdk_server(store: UploadStore, monkeypatch: pytest.MonkeyPatch) -> Iterator[_Server]:
+def qasr_url(engine: Qwen3ASREngine, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """qasr on loopback, with API keys and a small upload limit, and the SDK pointed at it."""
     import dashscope
 
-    server = _Server(("127.0.0.1", 0), _Handler)
-    server.store, server.seen = store, []
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
+    settings = Settings(
+        model="tiny", warmup=False, api_keys=[KEY, OTHER_KEY], upload_max_bytes=SDK_UPLOAD_MAX_BYTES
+    )
     for name in ("NO_PROXY", "no_proxy"):
         monkeypatch.setenv(name, "127.0.0.1,localhost")
-    monkeypatch.setattr(dashscope, "base_http_api_url", f"http://127.0.0.1:{server.server_address[1]}/api/v1")
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with serve_in_thread(settings, engine) as url:
+        monkeypatch.setattr(dashscope, "base_http_api_url", f"{url}/api/v1")
+        yield url
 
 
-def test_real_sdk_uploads_and_names_the_object(
-    sdk_server: _Server, store: UploadStore, tmp_path: Path
-) -> None:
+def _sdk_transcribe(audio: str, api_key: str = KEY) -> MultiModalConversationResponse:
     from dashscope import MultiModalConversation
-    from dashscope.api_entities.dashscope_response import MultiModalConversationResponse
 
-    audio = tmp_path / "welcome.mp3"
-    audio.write_bytes(bytes(range(256)) + b"\r\n--boundary--\r\n" + os.urandom(700))
     response = MultiModalConversation.call(
-        api_key=KEY,
+        api_key=api_key,
         model=MODEL,
-        messages=[{"role": "user", "content": [{"audio": f"file://{audio}"}]}],
+        messages=[{"role": "user", "content": [{"audio": audio}]}],
         result_format="message",
     )
     assert isinstance(response, MultiModalConversationResponse)
-    assert response.status_code == 200, response
-    digest = hashlib.sha256(audio.read_bytes()).hexdigest()
-    assert response.output.choices[0].message.content == [{"text": digest}]
-    # The OSS POST carries no Authorization; the generation call asks to resolve `oss://` (§3.3, §3.4).
-    assert sdk_server.seen == [
-        ("GET", "/api/v1/uploads", True, ""),
-        ("POST", "/oss", False, ""),
-        ("POST", "/api/v1/services/aigc/multimodal-generation/generation", True, "enable"),
+    return response
+
+
+def _access_lines(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str, str]]:
+    """(method, path, status) of each request qasr answered, from its access log."""
+    lines = [r.getMessage().split() for r in caplog.records if r.name == "qasr.access"]
+    return [(method, path, status) for _, _, method, path, status, *_ in lines]
+
+
+def test_real_sdk_uploads_and_names_the_object(
+    qasr_url: str, speech: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from dashscope.utils.oss_utils import OssUtils
+
+    caplog.set_level(logging.INFO, logger="qasr.access")
+    url, certificate = OssUtils.upload(model=MODEL, file_path=str(speech), api_key=KEY)
+    by_reference = _sdk_transcribe(url)
+    by_file = _sdk_transcribe(f"file://{speech}")  # the SDK uploads the file itself, then sends oss://
+    inline = httpx.post(
+        qasr_url + GENERATION,
+        json={
+            "model": MODEL,
+            "input": {"messages": [{"role": "user", "content": [{"audio": _data_uri(speech)}]}]},
+        },
+        headers={"Authorization": f"Bearer {KEY}"},
+        timeout=120,
+    )
+    assert url == f"oss://{certificate['upload_dir']}/welcome.wav"
+    assert url.startswith("oss://dashscope-instant/")
+    # The uploads were authorised by the signed policy alone: the SDK's OSS POST carries no API key, and
+    # this server requires one everywhere else (§3.3). Each access line is written before the next
+    # request is read, so once the inline request is answered the SDK's six are all there.
+    assert _access_lines(caplog)[:6] == [
+        ("GET", "/api/v1/uploads", "200"),
+        ("POST", "/api/v1/uploads/oss", "200"),
+        ("POST", GENERATION, "200"),
+        ("GET", "/api/v1/uploads", "200"),
+        ("POST", "/api/v1/uploads/oss", "200"),
+        ("POST", GENERATION, "200"),
     ]
+    # The same bytes reached the model: the (deterministic) tiny model's answer for the uploaded object
+    # is its answer for the file sent inline.
+    assert inline.status_code == 200, inline.text
+    expected = inline.json()["output"]["choices"][0]["message"]["content"]
+    assert expected[0]["text"]
+    for response in (by_reference, by_file):
+        assert response.status_code == 200, response
+        assert response.output.choices[0].message.content == expected
+        assert response.usage["seconds"] == inline.json()["usage"]["seconds"]
 
 
-def test_real_sdk_sees_an_upload_refusal(sdk_server: _Server, store: UploadStore, tmp_path: Path) -> None:
+def test_real_sdk_sees_an_upload_refusal(qasr_url: str, speech: Path, tmp_path: Path) -> None:
     from dashscope.common.error import UploadFileException
     from dashscope.utils.oss_utils import OssUtils
 
-    audio = tmp_path / "big.wav"
-    audio.write_bytes(b"x" * 1001)
-    with pytest.raises(UploadFileException, match="AudioTooLarge"):
-        OssUtils.upload(model=MODEL, file_path=str(audio), api_key=KEY)
-    small = tmp_path / "small.wav"
-    small.write_bytes(b"small")
-    url, certificate = OssUtils.upload(model=MODEL, file_path=str(small), api_key=KEY)
-    assert store.resolve(url, KEY, MODEL).read_bytes() == b"small"
-    with pytest.raises(UploadFileException, match="overwritten"):  # the SDK reuses certificates (§3.3)
-        OssUtils.upload(model=MODEL, file_path=str(small), api_key=KEY, upload_certificate=certificate)
+    grant = OssUtils.get_upload_certificate(model=MODEL, api_key=KEY)
+    assert grant.status_code == 200, grant
+    certificate = grant.output
+    big = tmp_path / "big.wav"
+    big.write_bytes(b"x" * (SDK_UPLOAD_MAX_BYTES + 1))
+    with pytest.raises(UploadFileException, match="InvalidParameter") as too_large:
+        OssUtils.upload(model=MODEL, file_path=str(big), api_key=KEY, upload_certificate=certificate)
+    assert f"upload limit of {SDK_UPLOAD_MAX_BYTES} bytes" in str(too_large.value)
+    # The certificate stays usable after a refusal, and the SDK reuses certificates (§3.3).
+    url, _ = OssUtils.upload(model=MODEL, file_path=str(speech), api_key=KEY, upload_certificate=certificate)
+    assert _sdk_transcribe(url).status_code == 200
+    with pytest.raises(UploadFileException, match=r"AccessDenied.*overwritten"):
+        OssUtils.upload(model=MODEL, file_path=str(speech), api_key=KEY, upload_certificate=certificate)
+    # Nothing of the refused file was kept, and an object serves only the API key that uploaded it.
+    refused = _sdk_transcribe(f"oss://{certificate['upload_dir']}/big.wav")
+    assert (refused.status_code, refused.code) == (400, "InvalidURL")
+    foreign = _sdk_transcribe(url, api_key=OTHER_KEY)
+    assert (foreign.status_code, foreign.code) == (400, "InvalidURL")
+    assert "not found" in foreign.message
+
+
+def _data_uri(path: Path) -> str:
+    return "data:audio/wav;base64," + base64.b64encode(path.read_bytes()).decode()
