@@ -203,7 +203,7 @@ class AudioStream:
                 return
             yield from frames
 
-    def _next_frames(self, packets: Iterator[av.Packet]) -> list[av.AudioFrame | None] | None:
+    def _next_frames(self, packets: Iterator[av.Packet[Any]]) -> list[av.AudioFrame | None] | None:
         """The frames of the next packet (often none, as decoders buffer), [None] when the decoder
         rejects it, or None at the end of the input."""
         try:

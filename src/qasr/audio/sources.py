@@ -1,7 +1,7 @@
 """Resolve an audio reference (bytes, path, `file://`, `data:`, `oss://`, `http(s)://`) to bytes or a
 local file, safely: server-side files only inside allowed directories, downloads only from public hosts.
 
-The forms a DashScope client sends are listed in spec/dashscope-protocol.md §2.3.
+The forms a DashScope client sends are listed in docs/spec/dashscope-protocol.md §2.3.
 """
 
 from __future__ import annotations

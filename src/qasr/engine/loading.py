@@ -2,7 +2,7 @@
 
 The `-hf` layout loads natively. The original layout (nested `thinker_config`, `thinker.*` weights)
 is translated here: loading it with the native classes would silently give a random model
-(DESIGN.md, "Trap"), so every load is checked for missing and unexpected weights and refused if any.
+(docs/DESIGN.md, "Trap"), so every load is checked for missing and unexpected weights and refused if any.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 MODELSCOPE_PREFIX = "modelscope:"
 
-# Original name prefix -> -hf name prefix; applied in order, first match wins (DESIGN.md).
+# Original name prefix -> -hf name prefix; applied in order, first match wins (docs/DESIGN.md).
 _RENAMES = (
     ("thinker.model.", "model.language_model."),
     ("thinker.lm_head.", "lm_head."),

@@ -1,7 +1,7 @@
 """Dynamic int8 quantization of the text decoder's Linear layers, for CPU serving.
 
 Decoding on CPU is memory-bandwidth-bound: each generated token streams every decoder weight once,
-so fewer bytes per weight make each step faster (DESIGN.md, "Measured costs"; bench/RESULTS.md: on
+so fewer bytes per weight make each step faster (docs/DESIGN.md, "Measured costs"; bench/RESULTS.md: on
 2 cores, 0.6B, batch 1, 66-71 ms per decoding step in bf16, 26 ms in int8). "Dynamic" means the weights are
 stored as int8 ahead of time and each activation is quantized on the fly, so no calibration data is
 needed.

@@ -1,4 +1,4 @@
-"""Random-weight Qwen3-ASR checkpoints built offline, for tests and benchmarks (DESIGN.md, "Testing
+"""Random-weight Qwen3-ASR checkpoints built offline, for tests and benchmarks (docs/DESIGN.md, "Testing
 without model weights").
 
 `build_checkpoint` writes the exact `-hf` file layout through the real `save_pretrained` calls
@@ -21,7 +21,7 @@ from typing import Any, Literal
 import torch
 from safetensors.torch import save_file
 
-# The published special-token ids (DESIGN.md); `compact` places the same tokens right after the BPE.
+# The published special-token ids (docs/DESIGN.md); `compact` places the same tokens right after the BPE.
 REAL_SPECIAL_IDS: dict[str, int] = {
     "<|endoftext|>": 151643,
     "<|im_start|>": 151644,
@@ -33,7 +33,7 @@ REAL_SPECIAL_IDS: dict[str, int] = {
 REAL_PLAIN_IDS: dict[str, int] = {"<asr_text>": 151704, "<timestamp>": 151705}
 REAL_VOCAB_SIZE = 151936
 
-# Our own chat template: renders the prompt DESIGN.md describes. The engine builds prompts itself
+# Our own chat template: renders the prompt docs/DESIGN.md describes. The engine builds prompts itself
 # (the backend owns its prompt format); the template ships so the directory is a complete checkpoint.
 CHAT_TEMPLATE = (
     "{%- set sys = namespace(text='') -%}"
@@ -117,7 +117,7 @@ class ModelDims:
 
 
 DIMS: dict[str, ModelDims] = {
-    # Untied head: a random untied head gives varied text (DESIGN.md), which exercises streaming.
+    # Untied head: a random untied head gives varied text (docs/DESIGN.md), which exercises streaming.
     "tiny": ModelDims(2, 32, 2, 64, 8, 2, 32, 4, 2, 8, 64, tie_embeddings=False),
     "0.6B": ModelDims(18, 896, 14, 3584, 480, 28, 1024, 16, 8, 128, 3072, tie_embeddings=True),
     "1.7B": ModelDims(24, 1024, 16, 4096, 480, 28, 2048, 16, 8, 128, 6144, tie_embeddings=True),
@@ -166,12 +166,12 @@ def build_tokenizer(ids: IdLayout = "compact", bpe_size: int = 4000) -> Any:
         },
     )
     tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in special])
-    # `<asr_text>` is not special: it must survive skip_special_tokens (DESIGN.md).
+    # `<asr_text>` is not special: it must survive skip_special_tokens (docs/DESIGN.md).
     tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in plain])
     return tokenizer
 
 
-def _config_dict(dims: ModelDims, vocab_size: int, token_ids: dict[str, int]) -> dict:
+def _config_dict(dims: ModelDims, vocab_size: int, token_ids: dict[str, int]) -> dict[str, Any]:
     eos = [token_ids["<|endoftext|>"], token_ids["<|im_end|>"]]
     return {
         "audio_config": {
@@ -260,7 +260,7 @@ def build_checkpoint(
     return out
 
 
-# Inverse of the loader's renames (DESIGN.md): -hf name prefix -> original name prefix, first match wins.
+# Inverse of the loader's renames (docs/DESIGN.md): -hf name prefix -> original name prefix, first match wins.
 _TO_ORIGINAL = (
     ("model.language_model.", "thinker.model."),
     ("lm_head.", "thinker.lm_head."),
@@ -270,7 +270,9 @@ _TO_ORIGINAL = (
 )
 
 
-def _save_original_layout(out: Path, model: torch.nn.Module, hf_config: dict, tokenizer: Any) -> None:
+def _save_original_layout(
+    out: Path, model: torch.nn.Module, hf_config: dict[str, Any], tokenizer: Any
+) -> None:
     """Lay the model out as the original Qwen repos do: nested `thinker_config`, `thinker.*` names,
     a Whisper-style preprocessor config and tokenizer files, no processor_config."""
     state = {}
@@ -346,7 +348,7 @@ def _save_original_layout(out: Path, model: torch.nn.Module, hf_config: dict, to
     (out / "generation_config.json").write_text(
         json.dumps({"eos_token_id": hf_config["eos_token_id"], "pad_token_id": hf_config["pad_token_id"]})
     )
-    # The trap DESIGN.md names: AutoProcessor on this directory would pick this Whisper extractor.
+    # The trap docs/DESIGN.md names: AutoProcessor on this directory would pick this Whisper extractor.
     (out / "preprocessor_config.json").write_text(
         json.dumps({"feature_extractor_type": "WhisperFeatureExtractor", "feature_size": 128})
     )

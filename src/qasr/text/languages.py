@@ -1,6 +1,6 @@
 """Language codes (DashScope's ISO-style codes) and the model's language names, mapped both ways.
 
-The model names 30 languages (DESIGN.md); DashScope documents 27 codes for `asr_options.language`.
+The model names 30 languages (docs/DESIGN.md); DashScope documents 27 codes for `asr_options.language`.
 Three DashScope codes (`uk`, `is`, `no`) name languages the model was not trained to force: they are
 accepted as a hint only (the model detects the language itself), as the README documents.
 """
