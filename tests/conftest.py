@@ -10,6 +10,7 @@ import pytest
 # Nothing in the tests may reach the network: the hub client must fail fast instead of downloading.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
+os.environ.setdefault("QASR_DATA_DIR", str(Path(os.environ.get("TMPDIR", "/tmp"), f"qasr-{os.getpid()}")))
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ from dashscope.api_entities.dashscope_response import MultiModalConversationResp
 
 from qasr.audio.uploads import ACCESS_KEY_ID, UploadStore
 from qasr.engine.qwen3 import Qwen3ASREngine
-from qasr.errors import AudioTooLarge, InvalidUploadPolicy, Overloaded, UploadNotFound
+from qasr.errors import AudioTooLarge, InvalidUploadPolicy, UploadNotFound, UploadQuotaExceeded
 from qasr.settings import Settings
 from tests.api.inprocess import serve_in_thread
 from tests.helpers import synthesize
@@ -160,7 +160,7 @@ def test_policy_survives_a_restart_with_a_configured_secret(root: Path, clock: C
         policy = first.issue_policy(KEY, MODEL, HOST)
     with UploadStore(root, secret=b"shared", clock=clock) as second:
         key = second.accept_upload(form(policy), None, b"data")
-    with UploadStore(root, clock=clock) as third:  # a fresh random secret: stored files stay readable
+    with UploadStore(root, secret=b"another", clock=clock) as third:  # another key: files stay readable
         assert third.resolve(key, KEY, MODEL).read_bytes() == b"data"
 
 
@@ -337,14 +337,14 @@ def test_over_size_refused(store: UploadStore, root: Path, make: object) -> None
     assert store.resolve(key, KEY, MODEL).stat().st_size == 1000
 
 
-def test_full_store_refused_until_cleanup_frees_room(root: Path, clock: Clock) -> None:
-    with UploadStore(root, capacity_bytes=1000, max_files=2, file_ttl_s=60, clock=clock) as store:
+def test_full_store_refused_until_files_expire(root: Path, clock: Clock) -> None:
+    with UploadStore(root, max_total_bytes=1000, max_total_objects=2, file_ttl_s=60, clock=clock) as store:
         policy = store.issue_policy(KEY, MODEL, HOST)
         store.accept_upload(form(policy, "a.mp3"), None, b"x" * 600)
-        with pytest.raises(Overloaded, match="full"):
+        with pytest.raises(UploadQuotaExceeded, match="full"):
             store.accept_upload(form(policy, "b.mp3"), None, b"x" * 600)
         store.accept_upload(form(policy, "c.mp3"), None, b"x" * 400)
-        with pytest.raises(Overloaded, match="full"):  # the file count is capped too
+        with pytest.raises(UploadQuotaExceeded, match="full"):  # the file count is capped too
             store.accept_upload(form(policy, "d.mp3"), None, b"x")
         clock.advance(61)
         fresh = store.issue_policy(KEY, MODEL, HOST)
@@ -395,36 +395,37 @@ def test_expired_file_refused_then_removed_by_cleanup(store: UploadStore, root: 
         store.resolve(key, KEY, MODEL)
 
 
-def test_issue_policy_cleans_up_at_most_once_a_minute(root: Path, clock: Clock) -> None:
+def test_issue_policy_touches_no_files_and_the_next_upload_expires_old_ones(root: Path, clock: Clock) -> None:
     with UploadStore(root, file_ttl_s=10, clock=clock) as store:
         store.accept_upload(form(store.issue_policy(KEY, MODEL, HOST)), None, b"data")
         clock.advance(30)
         store.issue_policy(KEY, MODEL, HOST)
-        assert len(all_files(root / "objects")) == 2  # expired, but the last cleanup was 30 s ago
-        clock.advance(30)
-        store.issue_policy(KEY, MODEL, HOST)
-        assert all_files(root / "objects") == set()
+        assert len(all_files(root / "objects")) == 2  # expired, but a policy is only signed
+        store.accept_upload(form(store.issue_policy(KEY, MODEL, HOST), "new.mp3"), None, b"data")
+        assert len(all_files(root / "objects")) == 2  # the new object only
 
 
-def test_cleanup_removes_corrupt_sidecars(store: UploadStore, root: Path) -> None:
+def test_cleanup_removes_corrupt_sidecars_when_they_expire(
+    store: UploadStore, root: Path, clock: Clock
+) -> None:
     key = store.accept_upload(form(store.issue_policy(KEY, MODEL, HOST)), None, b"data")
     [sidecar] = (root / "objects").glob("*.json")
     sidecar.write_text("{not json")
     with pytest.raises(UploadNotFound):
         store.resolve(key, KEY, MODEL)
+    clock.advance(3600)  # the expiry time is kept in memory, not read back from the sidecar
     assert store.cleanup() == 1
     assert all_files(root) == set()
 
 
 def test_cleanup_removes_abandoned_partial_files(store: UploadStore, root: Path) -> None:
     key = store.accept_upload(form(store.issue_policy(KEY, MODEL, HOST)), None, b"data")
-    old, fresh, orphan = root / "tmp" / "upload-old", root / "tmp" / "upload-now", root / "objects" / "0.data"
-    for path in (old, fresh, orphan):
+    old, fresh = root / "tmp" / "upload-old", root / "tmp" / "upload-now"
+    for path in (old, fresh):
         path.write_bytes(b"partial")
-    for path in (old, orphan):
-        os.utime(path, (0, 0))
+    os.utime(old, (0, 0))
     assert store.cleanup() == 0
-    assert not old.exists() and not orphan.exists() and fresh.exists()
+    assert not old.exists() and fresh.exists()
     assert store.resolve(key, KEY, MODEL).read_bytes() == b"data"
 
 
@@ -440,7 +441,7 @@ def test_private_temporary_root_removed_by_close(clock: Clock) -> None:
     root = store.root
     key = store.accept_upload(form(store.issue_policy(KEY, MODEL, HOST)), None, b"data")
     assert mode(root) == mode(root / "objects") == mode(root / "tmp") == 0o700
-    assert {mode(p) for p in all_files(root)} == {0o600}
+    assert {mode(p) for p in all_files(root)} == {0o600}  # the data, its sidecar, the signing key
     assert store.resolve(key, KEY, MODEL).is_file()
     store.close()
     assert not root.exists()
@@ -475,12 +476,16 @@ def speech(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def qasr_url(engine: Qwen3ASREngine, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def qasr_url(engine: Qwen3ASREngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """qasr on loopback, with API keys and a small upload limit, and the SDK pointed at it."""
     import dashscope
 
     settings = Settings(
-        model="tiny", warmup=False, api_keys=[KEY, OTHER_KEY], upload_max_bytes=SDK_UPLOAD_MAX_BYTES
+        model="tiny",
+        warmup=False,
+        api_keys=[KEY, OTHER_KEY],
+        upload_dir=tmp_path / "uploads",
+        upload_max_bytes=SDK_UPLOAD_MAX_BYTES,
     )
     for name in ("NO_PROXY", "no_proxy"):
         monkeypatch.setenv(name, "127.0.0.1,localhost")
