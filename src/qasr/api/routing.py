@@ -3,20 +3,27 @@ the one table in `qasr.api.errors`; handlers carry no try/except of their own.""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
-from collections.abc import Callable, Coroutine
+import logging
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
+from starlette.datastructures import FormData
+from starlette.exceptions import HTTPException
 
 from qasr.api.edge import new_request_id
 from qasr.api.errors import dashscope_body, openai_body, wire_headers
-from qasr.errors import InvalidRequest
+from qasr.errors import InvalidRequest, StorageFull, UnsupportedMediaType
 
 Render = Callable[[Request, BaseException], Response]
+log = logging.getLogger(__name__)
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 def request_id(request: Request) -> str:
@@ -27,11 +34,44 @@ def request_id(request: Request) -> str:
 
 
 async def read_json(request: Request) -> Any:
-    """The request body as JSON, or `InvalidRequest` (both dialects answer it in their own shape)."""
+    """The request body as JSON, or `InvalidRequest` (both dialects answer it in their own shape).
+
+    The body must be declared `application/json` (parameters such as a charset allowed), else
+    `UnsupportedMediaType` before a byte is read: a browser sends a cross-site POST without asking
+    first only as text/plain, a form or with no type, so an open server on loopback is not reachable
+    from any web page (issue 13). JSON nested past Python's recursion limit is invalid JSON here.
+    """
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise UnsupportedMediaType("Send the request body as JSON, with `Content-Type: application/json`.")
     try:
         return json.loads(await request.body())
+    except RecursionError:
+        raise InvalidRequest("The request body is not valid JSON: it is nested too deeply.") from None
     except ValueError:
         raise InvalidRequest("The request body is not valid JSON.") from None
+
+
+@contextlib.asynccontextmanager
+async def read_form(
+    request: Request, *, max_files: int, max_fields: int, max_part_size: int = 1024 * 1024
+) -> AsyncIterator[FormData]:
+    """The request's multipart form, closed on leaving the block, with the two failures only a form has
+    turned into domain errors: a malformed body (two files, no or a wrong boundary, a nameless part)
+    is `InvalidRequest`, and a full disk while the form is spooled, or while the block stores its
+    file, is `StorageFull` (507), logged for the operator without a traceback (issue 13)."""
+    try:
+        async with request.form(
+            max_files=max_files, max_fields=max_fields, max_part_size=max_part_size
+        ) as form:
+            yield form
+    except HTTPException as exc:  # Starlette's answer to a malformed or over-full multipart body
+        raise InvalidRequest(f"The multipart form could not be read: {exc.detail}") from None
+    except OSError as exc:
+        if exc.errno not in _DISK_FULL:
+            raise
+        log.warning("no space left to store a request's form or upload: %s", exc.strerror)
+        raise StorageFull("The server has no space left to store the upload; try again later.") from None
 
 
 def json_body(model: type[BaseModel]) -> dict[str, Any]:

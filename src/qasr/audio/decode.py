@@ -27,6 +27,7 @@ from qasr.errors import (
     ForbiddenSource,
     NoAudioStream,
     SourceError,
+    format_value,
 )
 from qasr.types import SAMPLE_RATE, Audio, AudioInfo, AudioLimits
 
@@ -46,6 +47,10 @@ _RESAMPLER_OPTIONS = {"rematrix_maxval": "1.0"}
 a maximum of 1.0 normalises the matrix so mono is the average of the channels, as the cloud service does."""
 
 _MAX_REASON_CHARS = 80
+
+MAX_SAMPLE_RATE_HZ = 1_536_000
+"""Highest sample rate decoded: twice the highest rate audio interfaces record (768 kHz). Only a forged
+header claims more, and near 2**31 Hz FFmpeg's resampler asks for gigabytes (issue 13)."""
 
 
 class _NestedOpenRefused(Exception):
@@ -245,25 +250,71 @@ class _Resampler:
     def __init__(self) -> None:
         self._resampler: av.AudioResampler | None = None
         self._source: tuple[str, str, int] | None = None
+        self._averaging = False
+        """The source's channels are averaged to mono here, before the resampler."""
 
     def push(self, frame: av.AudioFrame) -> Iterator[np.ndarray]:
+        if not 0 < frame.sample_rate <= MAX_SAMPLE_RATE_HZ:
+            raise AudioDecodeError(
+                f"The audio's sample rate of {frame.sample_rate} Hz is not one qasr can read "
+                f"(at most {MAX_SAMPLE_RATE_HZ} Hz); the file's header is damaged or forged."
+            )
         source = (frame.format.name, frame.layout.name, frame.sample_rate)
         resampler = self._resampler
         if resampler is None or source != self._source:
             yield from self.flush()
-            resampler = self._resampler = av.AudioResampler(
-                format="flt", layout="mono", rate=SAMPLE_RATE, options=_RESAMPLER_OPTIONS
-            )
+            resampler = self._resampler = _mono_resampler()
             self._source = source
+            self._averaging = False
         # Timestamps restart in chained streams and may jump in damaged files; the samples are what count.
         frame.pts = None
-        yield from _arrays(resampler.resample(frame))
+        if not self._averaging:
+            try:
+                blocks = resampler.resample(frame)
+            except av.error.FFmpegError:
+                # libswresample has no downmix for some channel counts whose speaker order is unknown
+                # (a plain WAV of 9, 11, 13, 17 or more channels) and fails on the first frame: such
+                # channels are averaged here instead, the mix its normalised matrix gives (issue 13).
+                resampler = self._resampler = _mono_resampler()
+                self._averaging = True
+            else:
+                yield from _arrays(blocks)
+                return
+        try:
+            blocks = resampler.resample(_average(frame))
+        except av.error.FFmpegError as exc:
+            raise AudioDecodeError(_unreadable_message("its samples cannot be converted", exc)) from exc
+        yield from _arrays(blocks)
 
     def flush(self) -> Iterator[np.ndarray]:
         if self._resampler is not None:
             yield from _arrays(self._resampler.resample(None))
         self._resampler = None
         self._source = None
+
+
+def _mono_resampler() -> av.AudioResampler:
+    return av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE, options=_RESAMPLER_OPTIONS)
+
+
+def _average(frame: av.AudioFrame) -> av.AudioFrame:
+    """`frame` as one float32 channel, the mean of its channels."""
+    samples = frame.to_ndarray()
+    if not frame.format.is_planar:  # packed: one row of interleaved samples
+        samples = samples.reshape(-1, frame.layout.nb_channels).T
+    mono = _full_scale(samples).mean(axis=0, dtype=np.float32)
+    averaged = av.AudioFrame.from_ndarray(np.ascontiguousarray(mono[None, :]), format="flt", layout="mono")
+    averaged.sample_rate = frame.sample_rate
+    return averaged
+
+
+def _full_scale(samples: np.ndarray) -> np.ndarray:
+    """PCM samples as float32 in [-1, 1]: 8-bit PCM is unsigned around 128, wider PCM signed."""
+    if samples.dtype.kind == "f":
+        return samples.astype(np.float32, copy=False)
+    if samples.dtype.kind == "u":
+        return (samples.astype(np.float32) - 128.0) / 128.0
+    return samples.astype(np.float32) / float(1 << (8 * samples.dtype.itemsize - 1))
 
 
 def _arrays(frames: list[av.AudioFrame]) -> Iterator[np.ndarray]:
@@ -284,11 +335,11 @@ def _open_input(data: bytes | Path, limits: AudioLimits) -> BinaryIO:
             file: BinaryIO = data.open("rb")
             size = _file_size(file)
         except FileNotFoundError:
-            raise SourceError(f"Audio file not found: {data}.") from None
+            raise SourceError(f"Audio file not found: {format_value(data)}.") from None
         except IsADirectoryError:
-            raise SourceError(f"{data} is a directory, not an audio file.") from None
+            raise SourceError(f"{format_value(data)} is a directory, not an audio file.") from None
         except OSError as exc:
-            raise SourceError(f"Cannot read the audio file {data}: {exc.strerror}.") from None
+            raise SourceError(f"Cannot read the audio file {format_value(data)}: {exc.strerror}.") from None
     else:
         file, size = io.BytesIO(data), len(data)
     try:
@@ -347,6 +398,12 @@ def _audio_stream(container: av.container.InputContainer) -> av.AudioStream:
         container.close()
         raise NoAudioStream(
             f"The file ({container.format.name}) has no audio track; send a recording or a video with sound."
+        )
+    if stream.codec_context is None:  # a WAV header with 0 bits per sample, or an unknown format tag
+        container.close()
+        raise AudioDecodeError(
+            f"The data is not audio qasr can read: the audio track of the file ({container.format.name}) "
+            "has no codec FFmpeg knows (its header is damaged, or it uses an unsupported codec)."
         )
     return stream
 

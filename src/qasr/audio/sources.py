@@ -27,6 +27,7 @@ from qasr.errors import (
     InvalidRequest,
     SourceError,
     UnsupportedSource,
+    format_value,
 )
 from qasr.types import AudioLimits
 
@@ -101,7 +102,7 @@ async def _fetch_reference(ref: str, policy: SourcePolicy, limits: AudioLimits) 
             return _existing_file(target, limits, shown=ref)
         return await download(target, policy, limits)
     raise UnsupportedSource(
-        f"Audio references starting with '{scheme}:' are not supported; send {ACCEPTED_FORMS}."
+        f"Audio references starting with '{format_value(scheme)}:' are not supported; send {ACCEPTED_FORMS}."
     )
 
 
@@ -153,8 +154,8 @@ def _local_file(path: Path, policy: SourcePolicy, limits: AudioLimits, shown: st
     # which server files exist.
     if not policy.allow_any_local and not any(_is_inside(real, d) for d in policy.allow_local_dirs):
         raise ForbiddenSource(
-            f"This server does not read the local file {shown}; send the audio as an upload, "
-            "an http(s) URL or a base64 data URI."
+            f"This server does not read the local file {format_value(shown)}; send the audio as an "
+            "upload, an http(s) URL or a base64 data URI."
         )
     return _existing_file(real, limits, shown)
 
@@ -163,7 +164,7 @@ def _existing_file(path: Path, limits: AudioLimits, shown: str) -> Path:
     # The real path is returned (symlinks resolved) so that the file decoded is the file checked.
     real = _resolve_path(path, shown)
     if not real.is_file():
-        raise SourceError(f"Audio file not found: {shown}.")
+        raise SourceError(f"Audio file not found: {format_value(shown)}.")
     check_size(real.stat().st_size, limits)
     return real
 
@@ -172,7 +173,7 @@ def _resolve_path(path: Path, shown: str) -> Path:
     try:
         return path.expanduser().resolve()
     except (OSError, RuntimeError, ValueError):  # symlink loops, NUL bytes, no home directory
-        raise SourceError(f"The audio path {shown} cannot be resolved to a file.") from None
+        raise SourceError(f"The audio path {format_value(shown)} cannot be resolved to a file.") from None
 
 
 def _is_inside(path: Path, directory: Path) -> bool:
@@ -212,7 +213,9 @@ def _mapped_file(directory: Path, rest: str, url: str) -> Path:
     root = _resolve_path(directory, url)
     path = _resolve_path(root / relative, url)
     if path == root or not path.is_relative_to(root):
-        raise ForbiddenSource(f"The audio URL {url} points outside the directory it is mirrored to.")
+        raise ForbiddenSource(
+            f"The audio URL {format_value(url)} points outside the directory it is mirrored to."
+        )
     return path
 
 
@@ -234,7 +237,7 @@ async def download(url: str, policy: SourcePolicy, limits: AudioLimits) -> bytes
     """
     start = _parse_url(url)
     # Messages name the host only: a URL's path and query can carry signed tokens.
-    host = start.host
+    host = format_value(start.host)
     try:
         return await asyncio.wait_for(_download(start, policy, limits), policy.timeout_s)
     except (asyncio.TimeoutError, httpx.TimeoutException):
@@ -249,7 +252,10 @@ async def download(url: str, policy: SourcePolicy, limits: AudioLimits) -> bytes
 
 async def _download(start: httpx.URL, policy: SourcePolicy, limits: AudioLimits) -> bytes:
     # trust_env=False: no proxy from the environment, so the connection goes to the checked address.
-    async with httpx.AsyncClient(follow_redirects=False, trust_env=False, timeout=policy.timeout_s) as client:
+    hooks = {"response": [_refuse_other_schemes]}
+    async with httpx.AsyncClient(
+        follow_redirects=False, trust_env=False, timeout=policy.timeout_s, event_hooks=hooks
+    ) as client:
         current = start
         for _ in range(policy.max_redirects + 1):
             hop = await _checked_hop(current, policy)
@@ -268,7 +274,7 @@ def _join(url: httpx.URL, location: str) -> httpx.URL:
     try:
         return url.join(location)
     except httpx.InvalidURL:
-        raise DownloadFailed(f"{url.host} redirected the download to an invalid URL.") from None
+        raise DownloadFailed(f"{format_value(url.host)} redirected the download to an invalid URL.") from None
 
 
 def _parse_url(url: str) -> httpx.URL:
@@ -284,15 +290,16 @@ def _parse_url(url: str) -> httpx.URL:
 async def _checked_hop(url: httpx.URL, policy: SourcePolicy) -> _Hop:
     """Check the scheme and every address the host resolves to, before any connection is made."""
     if url.scheme not in ("http", "https"):
-        raise ForbiddenSource(f"Only http and https audio URLs are followed, not a '{url.scheme}:' URL.")
+        raise _other_scheme(url.scheme)
     host = url.raw_host.decode("ascii")
     addresses = await _resolve(host, url.port or (443 if url.scheme == "https" else 80))
     allowed = {_normal_host(h) for h in policy.allow_url_hosts}
     trusted = bool(allowed & {_normal_host(host), _normal_host(url.host)})
     if not trusted and not all(is_public_address(a) for a in addresses):
         raise ForbiddenSource(
-            f"The audio URL's host {url.host} is on a private, loopback or link-local network; qasr "
-            "downloads only from public hosts (an administrator can allow a host with allow_url_hosts)."
+            f"The audio URL's host {format_value(url.host)} is on a private, loopback or link-local "
+            "network; qasr downloads only from public hosts (an administrator can allow a host with "
+            "allow_url_hosts)."
         )
     return _Hop(url=url, addresses=addresses)
 
@@ -302,10 +309,10 @@ async def _resolve(host: str, port: int) -> tuple[IPAddress, ...]:
     try:
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError):
-        raise DownloadFailed(f"The audio URL's host {host} could not be resolved.") from None
+        raise DownloadFailed(f"The audio URL's host {format_value(host)} could not be resolved.") from None
     addresses = dict.fromkeys(ipaddress.ip_address(info[4][0]) for info in infos)
     if not addresses:
-        raise DownloadFailed(f"The audio URL's host {host} could not be resolved.")
+        raise DownloadFailed(f"The audio URL's host {format_value(host)} could not be resolved.")
     return tuple(addresses)
 
 
@@ -342,8 +349,30 @@ async def _send(client: httpx.AsyncClient, hop: _Hop) -> httpx.Response:
             return await client.send(request, stream=True)
         except httpx.ConnectError as exc:
             failure = exc  # try the host's next address, as a browser would
+        except httpx.InvalidURL:
+            # httpx builds a redirect's next request even when it does not follow it, and fails on a
+            # Location it cannot join (`http:a.wav`: a scheme, no host, a relative path); issue 13.
+            raise DownloadFailed(
+                f"{format_value(hop.url.host)} redirected the download to an invalid URL."
+            ) from None
     why = ": its TLS certificate is not valid" if "CERTIFICATE" in str(failure).upper() else ""
-    raise DownloadFailed(f"Could not connect to {hop.url.host} to download the audio{why}.")
+    raise DownloadFailed(f"Could not connect to {format_value(hop.url.host)} to download the audio{why}.")
+
+
+async def _refuse_other_schemes(response: httpx.Response) -> None:
+    """Refuse a redirect to another scheme (`data:`, `mailto:`, `file:`) as `_checked_hop` would, from
+    httpx's response hook: httpx runs it before it builds the redirect's next request, which fails
+    with an unhandled `InvalidURL` on a hostless target such as a `data:` URI (issue 13)."""
+    location = response.headers.get("location", "") if response.status_code in _REDIRECT_STATUSES else ""
+    match = _SCHEME.match(location.strip())  # one letter is a scheme here: a Location is never a path
+    if match is not None and match.group(1).lower() not in ("http", "https"):
+        raise _other_scheme(match.group(1).lower())
+
+
+def _other_scheme(scheme: str) -> ForbiddenSource:
+    return ForbiddenSource(
+        f"Only http and https audio URLs are followed, not a '{format_value(scheme)}:' URL."
+    )
 
 
 def _redirect_location(response: httpx.Response) -> str | None:

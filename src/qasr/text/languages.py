@@ -7,7 +7,7 @@ accepted as a hint only (the model detects the language itself), as the README d
 
 from __future__ import annotations
 
-from qasr.errors import UnknownLanguage
+from qasr.errors import UnknownLanguage, format_value
 
 # Model language name for each code the model can be forced to.
 CODE_TO_NAME: dict[str, str] = {
@@ -76,7 +76,7 @@ def normalize_code(value: str | None) -> str | None:
     if key in NAME_TO_CODE:
         return NAME_TO_CODE[key]
     known = ", ".join(sorted(set(CODE_TO_NAME) | HINT_ONLY_CODES))
-    raise UnknownLanguage(f"Unknown language {value!r}. Use one of: {known}.", param="language")
+    raise UnknownLanguage(f"Unknown language {format_value(value)!r}. Use one of: {known}.", param="language")
 
 
 def forceable_name(code: str | None) -> str | None:

@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from qasr.errors import InvalidRequest
+from qasr.errors import InvalidRequest, format_value
 from qasr.text.languages import normalize_code
 from qasr.types import TranscribeOptions, Transcript
 
@@ -79,8 +79,8 @@ def to_domain(req: GenerationRequest) -> tuple[str, TranscribeOptions]:
             audio += [i.audio for i in items if i.audio]
         else:
             raise InvalidRequest(
-                f"Message role {message.role!r} is not supported: qwen3-asr-flash takes one user message "
-                "with one audio item and an optional system message with context.",
+                f"Message role {format_value(message.role)!r} is not supported: qwen3-asr-flash takes "
+                "one user message with one audio item and an optional system message with context.",
                 param="input.messages",
             )
     if sum(m.role == "user" for m in req.input.messages) != 1 or len(audio) != 1:
@@ -89,7 +89,9 @@ def to_domain(req: GenerationRequest) -> tuple[str, TranscribeOptions]:
         )
     fmt = req.parameters.result_format
     if fmt not in (None, "message", "text"):
-        raise InvalidRequest(f"Unsupported result_format {fmt!r}: use message.", param="result_format")
+        raise InvalidRequest(
+            f"Unsupported result_format {format_value(fmt)!r}: use message.", param="result_format"
+        )
     asr = req.parameters.asr_options
     options = TranscribeOptions(
         language=normalize_code(asr.language), context="\n".join(context_parts), enable_itn=asr.enable_itn
