@@ -1,0 +1,98 @@
+"""Slow, oversized and too many connections (issue 13): none of them stops normal clients, and each
+is answered or closed within its limit. Raw sockets on 127.0.0.1; no timing decides a pass beyond
+generous upper bounds on how long a refusal may take."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+from collections.abc import Iterator
+
+import httpx
+
+from qasr.engine.qwen3 import Qwen3ASREngine
+from qasr.settings import Settings
+from tests.api.inprocess import serve_in_thread
+
+
+def _connect(url: str) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    return sock
+
+
+def _read_all(sock: socket.socket, within_s: float) -> bytes:
+    """Everything the server sends until it closes the connection (or `within_s` pass)."""
+    sock.settimeout(within_s)
+    chunks = []
+    with contextlib.suppress(TimeoutError, ConnectionResetError):
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@contextlib.contextmanager
+def _sockets(url: str, n: int) -> Iterator[list[socket.socket]]:
+    socks = [_connect(url) for _ in range(n)]
+    try:
+        yield socks
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def test_trickled_headers_and_bodies_are_cut_off(engine: Qwen3ASREngine) -> None:
+    settings = Settings(model="tiny", warmup=False, vad=False, receive_timeout_s=1.0)
+    with serve_in_thread(settings, engine) as url:
+        silent = _connect(url)  # connects and sends nothing
+        headers = _connect(url)
+        headers.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # never finishes its headers
+        body = _connect(url)
+        body.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 1000\r\n\r\n{"model": '
+        )  # 10 of 1000 bytes, then nothing
+        started = time.monotonic()
+        answers = [_read_all(s, within_s=15) for s in (silent, headers, body)]
+        assert time.monotonic() - started < 15
+        for answer in answers[:2]:
+            assert answer.startswith(b"HTTP/1.1 408 "), answer
+        # The body's request reached the app: it is told the client is gone, and the socket closes.
+        assert answers[2] == b"" or answers[2].startswith(b"HTTP/1.1 408 "), answers[2]
+        for sock in (silent, headers, body):
+            sock.close()
+        assert httpx.get(url + "/health", timeout=10).status_code == 200
+
+
+def test_oversized_headers_are_refused(engine: Qwen3ASREngine) -> None:
+    settings = Settings(model="tiny", warmup=False, vad=False, max_header_bytes=8 * 1024)
+    with serve_in_thread(settings, engine) as url:
+        sock = _connect(url)
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 64 * 1024 + b"\r\n\r\n")
+        answer = _read_all(sock, within_s=15)
+        sock.close()
+        assert answer.split(b" ")[1] in {b"400", b"431"}, answer[:200]
+        ok = httpx.get(url + "/health", headers={"X-Small": "a" * 1024}, timeout=10)
+        assert ok.status_code == 200
+
+
+def test_beyond_the_connection_cap_health_still_answers_and_the_rest_is_refused(
+    engine: Qwen3ASREngine,
+) -> None:
+    settings = Settings(
+        model="tiny", warmup=False, vad=False, max_connections=4, health_connections=2, receive_timeout_s=60
+    )
+    with serve_in_thread(settings, engine) as url, _sockets(url, 4) as idle:
+        assert len(idle) == 4  # the cap is taken by connections that send nothing
+        time.sleep(0.2)  # let the server see them all
+        with httpx.Client(timeout=10) as extra:  # the 5th: only /health
+            assert extra.get(url + "/health").status_code == 200
+        with httpx.Client(timeout=10) as extra:
+            refused = extra.get(url + "/v1/models")
+            assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+        with _sockets(url, 3) as more:  # past cap + reserve: closed at once, unanswered
+            answers = [_read_all(s, within_s=10) for s in more]
+        assert b"" in answers
+    with serve_in_thread(settings, engine) as url:  # nothing held: all is normal
+        assert httpx.get(url + "/v1/models", timeout=10).status_code == 200
