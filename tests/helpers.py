@@ -157,5 +157,8 @@ class EngineWrapper:
     def count_text_tokens(self, text: str) -> int:
         return int(self.inner.count_text_tokens(text))
 
+    def describe(self) -> dict[str, str]:
+        return dict(self.inner.describe())
+
     def run(self, jobs: Any) -> Any:
         return self.inner.run(jobs)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
+import json
 import logging
 import os
 import socket
@@ -21,10 +22,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from qasr import logs
 from qasr.cli_transcribe import Progress, TranscribeRun
 from qasr.errors import QasrError
 from qasr.settings import Settings
 
+log = logging.getLogger(__name__)
 INTERRUPTED = 130
 """Exit code after Ctrl-C: the shell's 128 + SIGINT."""
 
@@ -32,13 +35,12 @@ INTERRUPTED = 130
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    # A server logs its requests; a one-off transcription stays quiet unless asked.
-    quiet = args.command == "transcribe" and not args.verbose
-    logging.basicConfig(
-        level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s:     %(message)s"
-    )
     try:
         settings = _settings(args)
+        # A server logs its requests; a one-off transcription stays quiet unless asked; -vv: debug.
+        verbose = max(args.verbose, 1) if args.command == "serve" else args.verbose
+        level = logging.DEBUG if verbose >= 2 else logging.INFO if verbose == 1 else logging.WARNING
+        logs.configure(level, settings.log_format)
         if args.command == "serve":
             return _serve(settings, args)
         return _transcribe(settings, args)
@@ -87,9 +89,9 @@ class _Option:
     def add_to(self, p: argparse.ArgumentParser) -> None:
         info = Settings.model_fields[self.name]
         about = " ".join(f"{self.lead} {info.description or ''}".replace("`", "").split())
-        kwargs = _argument_kind(info.annotation)
         shown = info.get_default(call_default_factory=True)
-        if kwargs.get("action") == "store_false":
+        kwargs = _argument_kind(info.annotation, shown)
+        if kwargs.get("action") in ("store_false", "store_true"):
             shown = "on" if shown else "off"
         elif shown in (None, [], {}):
             shown = "none"
@@ -99,15 +101,15 @@ class _Option:
         p.add_argument(self.flag, dest=self.name, help=help_text.replace("%", "%%"), **kwargs)
 
 
-def _argument_kind(annotation: Any) -> dict[str, Any]:
-    """argparse's choices, type or action for a Settings field's type."""
+def _argument_kind(annotation: Any, default: Any) -> dict[str, Any]:
+    """argparse's choices, type or action for a Settings field's type (and default, for a switch)."""
     origin = typing.get_origin(annotation)
     if origin is typing.Literal:
         return {"choices": typing.get_args(annotation)}
     if origin in (list, dict):
         return {"action": "append"}  # repeatable; a dict's items are KEY=VALUE (see _settings)
-    if annotation is bool:
-        return {"action": "store_false", "default": None}  # the flag turns a default-on feature off
+    if annotation is bool:  # a switch: the flag turns a default-on feature off, a default-off one on
+        return {"action": "store_false" if default else "store_true", "default": None}
     scalars = [a for a in typing.get_args(annotation) or (annotation,) if a is not type(None)]
     return {"type": scalars[0]} if len(scalars) == 1 and scalars[0] in (int, float) else {}
 
@@ -138,6 +140,15 @@ _SERVE_OPTIONS = (
     _Option("--max-wait-ms", "max_wait_ms"),
     _Option("--max-queue", "max_queue"),
     _Option("--max-hold-ms", "max_hold_ms"),
+    _Option("--max-queue-wait-s", "max_queue_wait_s"),
+    _Option("--request-timeout-s", "request_timeout_s"),
+    _Option("--max-connections", "max_connections"),
+    _Option("--receive-timeout-s", "receive_timeout_s"),
+    _Option("--drain-timeout-s", "drain_timeout_s"),
+    _Option("--metrics-public", "metrics_public"),
+    _Option("--log-format", "log_format"),
+    _Option("--data-dir", "data_dir"),
+    _Option("--upload-dir", "upload_dir"),
 )
 _FLAGS = {o.name: o.flag for o in (*_SERVE_OPTIONS, *_MODEL_OPTIONS)}
 """Settings field -> its option, to name both in a validation error."""
@@ -146,7 +157,13 @@ _FLAGS = {o.name: o.flag for o in (*_SERVE_OPTIONS, *_MODEL_OPTIONS)}
 def _model_options(p: argparse.ArgumentParser) -> None:
     for option in _MODEL_OPTIONS:
         option.add_to(p)
-    p.add_argument("-v", "--verbose", action="store_true", help="log what qasr does (loading, requests)")
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="log what qasr does (loading, requests); -vv: debug, which includes transcripts",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -225,9 +242,8 @@ def _invalid_settings(exc: ValidationError) -> str:
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
-    import uvicorn
-
     from qasr.api.app import create_app
+    from qasr.api.server import serve
 
     loopback = settings.host in {"127.0.0.1", "localhost", "::1"}
     if not settings.api_keys and not loopback and not args.allow_open_network:
@@ -246,16 +262,9 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
     # Load before the server starts: a model that cannot be had is one clear line and exit code 2,
     # not a traceback inside uvicorn's start-up. In a thread that ends: see qasr.engine.threads.
+    log.info("settings: %s", json.dumps(settings.effective(), ensure_ascii=False))
     engine = in_passing_thread(lambda: load_engine(settings))
-    # log_config=None: uvicorn logs through the same root handler as qasr, one format for both.
-    # access_log=False: qasr writes one line per request itself (qasr.api.edge.AccessLog), with its id.
-    uvicorn.run(
-        create_app(settings, engine),
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,
-    )
+    serve(create_app(settings, engine), settings)
     return 0
 
 

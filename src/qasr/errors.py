@@ -5,6 +5,19 @@ Every message is written for the user who sent the request: it says what was wro
 
 from __future__ import annotations
 
+MAX_QUOTED_CHARS = 100
+"""An error message quotes at most this many characters of a value the client sent (issue 13)."""
+
+
+def format_value(value: object) -> str:
+    """A value the client sent, as an error message quotes it: at most `MAX_QUOTED_CHARS` characters
+    (then an ellipsis), and anything UTF-8 cannot carry (a lone surrogate from a JSON `\\ud800`)
+    escaped, so that no value can flood an error response or break its encoding (issue 13)."""
+    text = str(value)
+    if len(text) > MAX_QUOTED_CHARS:
+        text = text[:MAX_QUOTED_CHARS] + "…"
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
 
 class QasrError(Exception):
     """Base of every error qasr raises on purpose."""
@@ -112,6 +125,11 @@ class Overloaded(QasrError):
     """The request queue is full; the caller should retry later."""
 
 
+class UploadQuotaExceeded(Overloaded):
+    """The caller's API key, or the whole upload store, keeps as many uploaded bytes or files as allowed;
+    room comes back as older uploads expire (issue 13)."""
+
+
 class QueueTimeout(Overloaded):
     """The request waited for the model past its deadline and was dropped before it ran."""
 
@@ -124,5 +142,24 @@ class ModelLoadError(QasrError):
     """The model cannot be loaded; raised at start-up with one sentence that says what to do."""
 
 
+class Draining(QasrError):
+    """The server is shutting down (SIGTERM): it finishes what it has and takes nothing new."""
+
+
+class ClientGone(QasrError):
+    """The client closed the connection before its answer was ready: the work was cancelled, and the
+    answer (HTTP 499, nginx's "client closed request") is written for the log only."""
+
+
 class RequestTimeout(QasrError):
     """The request took longer than the configured limit."""
+
+
+class UnsupportedMediaType(InvalidRequest):
+    """A JSON endpoint got a body of another declared type (or none). Requiring `application/json`
+    keeps a browser's cross-site "simple" POST (text/plain, a form) from reaching the model (issue 13)."""
+
+
+class StorageFull(QasrError):
+    """The server's disk is full (or over quota) while storing an upload or spooling a form: the
+    request was fine, and may be retried once there is room."""

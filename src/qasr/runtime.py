@@ -52,20 +52,29 @@ class Runtime:
     # --- building --------------------------------------------------------------------------------------
 
     @classmethod
-    def build(cls, settings: Settings, engine: Engine | None = None, *, server: bool = False) -> Runtime:
+    def build(
+        cls,
+        settings: Settings,
+        engine: Engine | None = None,
+        *,
+        server: bool = False,
+        metrics: Metrics | None = None,
+    ) -> Runtime:
         """Load (or take) the model, warm it up as the settings say, and start its scheduler.
 
         Blocking (seconds to minutes with a real model): from async code, run it in a thread. `server`
-        adds what only the HTTP server needs (the upload store)."""
+        adds what only the HTTP server needs (the upload store, queue deadlines). `metrics`: where the
+        counters go (the app creates them first, so its edge can count requests); new ones if None."""
         model = engine if engine is not None else in_passing_thread(lambda: load_engine(settings))
         if settings.warmup:
             warm_up_text(settings)
-        metrics = Metrics()
-        scheduler: AsrScheduler = Scheduler(model, scheduler_policy(settings), metrics)
+        metrics = metrics or Metrics()
+        describe_model(metrics, model, settings)
+        scheduler: AsrScheduler = Scheduler(model, scheduler_policy(settings), metrics, label="asr")
         scheduler.start()
         try:
             vad = VoiceActivityDetector() if settings.vad else None
-            transcriber = Transcriber(scheduler, vad, pipeline_options(settings))
+            transcriber = Transcriber(scheduler, vad, pipeline_options(settings, server=server))
             uploads = UploadStore.from_settings(settings) if server else None
         except BaseException:
             scheduler.close()
@@ -163,6 +172,11 @@ def load_engine(settings: Settings) -> Engine:
     return engine
 
 
+def describe_model(metrics: Metrics, engine: Engine, settings: Settings) -> None:
+    """The model-load facts as the `qasr_model` info metric (never a server path)."""
+    metrics.model.labels("asr").info({**engine.describe(), "quantize": settings.quantize})
+
+
 def warm_up_text(settings: Settings) -> None:
     """Compile (first start) or load the cached ITN grammars before the first request."""
     from qasr.text import itn
@@ -182,7 +196,10 @@ def scheduler_policy(settings: Settings) -> SchedulerPolicy:
     )
 
 
-def pipeline_options(settings: Settings) -> PipelineOptions:
+def pipeline_options(settings: Settings, *, server: bool = False) -> PipelineOptions:
+    """How the pipeline cuts and queues audio; a server also bounds how long a request may wait."""
     return PipelineOptions(
-        segmentation=SegmentationOptions(max_segment_s=settings.segment_max_s), use_vad=settings.vad
+        segmentation=SegmentationOptions(max_segment_s=settings.segment_max_s),
+        use_vad=settings.vad,
+        max_queue_wait_s=settings.max_queue_wait_s if server else None,
     )

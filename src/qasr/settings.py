@@ -4,6 +4,7 @@ environment or by the matching `qasr` command-line option; defaults live here an
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Literal
@@ -53,6 +54,13 @@ def _check_url_map(url_map: dict[str, str]) -> dict[str, str]:
     return url_map
 
 
+def _default_data_dir() -> Path:
+    """`$XDG_DATA_HOME/qasr` (an absolute path only, as the XDG spec says), else `~/.local/share/qasr`."""
+    xdg = os.environ.get("XDG_DATA_HOME", "")
+    base = Path(xdg) if os.path.isabs(xdg) else Path(os.path.expanduser("~/.local/share"))
+    return base / "qasr"
+
+
 class Settings(BaseSettings):
     """qasr configuration. Sizes in bytes, times in seconds or milliseconds as the name says."""
 
@@ -98,6 +106,27 @@ class Settings(BaseSettings):
     """DashScope streams: cumulative text (False, the SDK's view of the cloud) or deltas (True)."""
     request_timeout_s: float = 600.0
     """Wall-clock limit for one synchronous request."""
+    max_queue_wait_s: float = 30.0
+    """Longest an interactive request's audio may wait for the model before it is refused (429 with
+    Retry-After): under overload a quick refusal serves a client better than an answer a minute late."""
+    max_connections: int = 1000
+    """Open connections served; beyond it a few more may reach /health (`health_connections`) and get
+    503 for anything else, and the rest are closed at once."""
+    health_connections: int = 16
+    """Connections kept for /health beyond `max_connections`, so load balancers can still look."""
+    receive_timeout_s: float = 60.0
+    """A request's headers and body must arrive within this of its first byte (else 408 and close)."""
+    max_header_bytes: int = 64 * 1024
+    """Largest request head (request line and headers)."""
+    drain_timeout_s: float = 30.0
+    """On SIGTERM: how long requests in flight may take to finish (new ones get 503); a second
+    signal stops at once."""
+    metrics_public: bool = False
+    """Serve /metrics without an API key (it reveals traffic; off: /metrics needs a key when keys
+    are configured)."""
+    log_format: Literal["text", "json"] = "text"
+    """Log lines as text or as one JSON object per line (for log shippers). Transcripts are logged only
+    at debug level (-v -v); API keys and audio never."""
 
     # --- inputs and limits ---------------------------------------------------------------------------
     max_audio_bytes: int = 10 * 1024 * 1024
@@ -116,16 +145,30 @@ class Settings(BaseSettings):
     """URL prefix -> local directory or other URL (air-gapped mirrors), e.g. `{"https://x/": "/srv/m/"}`."""
 
     # --- temporary uploads (the SDK's local-file flow) ----------------------------------------------
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    """Where qasr keeps what must outlive a restart (uploads and their signing key); the default is
+    `$XDG_DATA_HOME/qasr`, else `~/.local/share/qasr`."""
     upload_dir: Path | None = None
-    """Where uploaded files are kept; None: a private temporary directory removed at shutdown."""
+    """Where uploaded files are kept; None: `<data_dir>/uploads`. Files and unexpired policies survive a
+    restart. Give each server its own directory."""
     upload_ttl_s: float = 48 * 3600.0
     """How long an uploaded file stays usable (the cloud keeps them 48 hours)."""
     upload_max_bytes: int = 100 * 1024 * 1024
     """Largest accepted upload (the policy's `max_file_size_mb`)."""
+    upload_max_bytes_per_key: int = 2 * 1024**3
+    """Most bytes of unexpired uploads one API key may keep (without API keys, all callers share this
+    quota); beyond it an upload gets 429 until older ones expire."""
+    upload_max_objects_per_key: int = 2000
+    """Most unexpired uploaded files one API key may keep (without API keys, all callers together)."""
+    upload_max_total_bytes: int = 10 * 1024**3
+    """Most bytes of unexpired uploads kept for all keys together."""
+    upload_max_total_objects: int = 10_000
+    """Most unexpired uploaded files kept for all keys together."""
     upload_policy_ttl_s: float = 300.0
     """How long an upload policy may be used after it is issued."""
     upload_secret: str | None = None
-    """Key that signs upload policies; None: a random key per process."""
+    """Key that signs upload policies; None: a random key made on the first start and kept in the
+    upload directory (`policy-signing.key`, mode 0600), so unexpired policies survive a restart."""
 
     # --- long audio --------------------------------------------------------------------------------
     segment_max_s: float = 20.0
@@ -149,6 +192,17 @@ class Settings(BaseSettings):
     @classmethod
     def _mirrors(cls, value: dict[str, str]) -> dict[str, str]:
         return _check_url_map(value)
+
+    def effective(self) -> dict[str, object]:
+        """Every setting as it is in force, secrets masked: logged at start-up so an operator sees
+        the limits the server runs with."""
+        secret = {"api_keys", "upload_secret"}
+        out: dict[str, object] = {}
+        for name, value in self.model_dump(mode="json").items():
+            if name in secret and value:
+                value = f"<{len(value)} keys>" if isinstance(value, list) else "<set>"
+            out[name] = value
+        return out
 
     @property
     def sync_limits(self) -> AudioLimits:

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +44,8 @@ from qasr.types import (
     Usage,
 )
 
+log = logging.getLogger(__name__)
+
 ProgressCallback = Callable[[int, float], None]
 """Called with (segments done, seconds of audio done) as the transcription advances."""
 
@@ -61,6 +65,9 @@ class PipelineOptions:
     """Segments of one input submitted to the scheduler at once (bounds memory and keeps batches full)."""
     decode_chunk_s: float = 10.0
     """Size of the decoded blocks handed to the VAD."""
+    max_queue_wait_s: float | None = None
+    """Longest a segment of an interactive request may wait for the model (`QueueTimeout`, 429);
+    None: no limit (the CLI, the library, background jobs)."""
 
 
 AsrScheduler = Scheduler[EngineRequest, EngineResult]
@@ -147,7 +154,9 @@ class Transcriber:
         finally:
             if admission is None:
                 place.release()
-        yield builder.transcript(info)
+        transcript = builder.transcript(info)
+        log.debug("transcript of %.1f s of audio: %s", transcript.duration_s, transcript.text)
+        yield transcript
 
     async def _run_segments(
         self,
@@ -175,7 +184,7 @@ class Transcriber:
                     segment, samples = item
                     request = EngineRequest(samples, options.context, options.language)
                     runner = SegmentRunner(segment, options.enable_itn)
-                    runner.submit(self.scheduler, request, admission)
+                    runner.submit(self.scheduler, request, admission, deadline=self._deadline(admission))
                     in_flight.append(runner)
                 if not in_flight:
                     break
@@ -190,6 +199,12 @@ class Transcriber:
             for runner in in_flight:
                 with contextlib.suppress(BaseException):
                     await runner.task  # type: ignore[misc]
+
+    def _deadline(self, admission: Admission) -> float | None:
+        wait_s = self.options.max_queue_wait_s
+        if wait_s is None or admission.priority is not Priority.INTERACTIVE:
+            return None
+        return time.monotonic() + wait_s
 
 
 class _SegmentFeed:
@@ -274,9 +289,13 @@ class SegmentRunner:
         request: EngineRequest,
         admission: Admission | None = None,
         priority: Priority = Priority.INTERACTIVE,
+        deadline: float | None = None,
     ) -> None:
-        """Queue the segment's model request; its deltas arrive in `pieces`."""
-        work = scheduler.submit(request, self._piece, priority=priority, admission=admission)
+        """Queue the segment's model request; its deltas arrive in `pieces`. `deadline`
+        (time.monotonic): refused with `QueueTimeout` if the model has not started it by then."""
+        work = scheduler.submit(
+            request, self._piece, priority=priority, admission=admission, deadline=deadline
+        )
         self.task = asyncio.ensure_future(work)
 
     def _piece(self, delta: object) -> None:

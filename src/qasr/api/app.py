@@ -16,13 +16,15 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from qasr.api.dashscope.routes import router as dashscope_router
-from qasr.api.edge import AccessLog, Message, Receive, Scope, Send, refuse_websocket
+from qasr.api.edge import AccessLog, Drain, Message, Receive, Scope, Send, refuse_websocket
+from qasr.api.health import router as health_router
 from qasr.api.openai.routes import router as openai_router
 from qasr.api.routing import dashscope_error, openai_error
 from qasr.api.services import Services
 from qasr.audio.uploads import UploadStore
 from qasr.engine.base import Engine
 from qasr.errors import AudioTooLarge, EndpointNotFound, InvalidRequest, MethodNotAllowed
+from qasr.metrics import Metrics
 from qasr.runtime import Runtime
 from qasr.settings import Settings
 
@@ -32,41 +34,64 @@ _SHOWN_PATH_CHARS = 100  # an error message quotes at most this much of the requ
 
 
 def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
-    """Build the service. `engine` is loaded from `settings` at start-up unless one is given."""
+    """Build the service. `engine` is loaded from `settings` at start-up unless one is given.
+
+    The runtime is built in the background: the server answers at once, `/health/ready` says 503
+    ("loading") until the model is loaded and warmed up, and API requests meanwhile get 503 with
+    `Retry-After`."""
+    metrics = Metrics()
+    drain = Drain()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Off the loop: loading and warming up a real model takes seconds to minutes.
-        runtime = await asyncio.to_thread(Runtime.build, settings, engine, server=True)
-        app.state.services = Services(runtime)
-        assert runtime.uploads is not None
-        cleaner = asyncio.ensure_future(_clean_uploads(runtime.uploads))
+        building = asyncio.ensure_future(
+            asyncio.to_thread(Runtime.build, settings, engine, server=True, metrics=metrics)
+        )
+        building.add_done_callback(lambda task: _started(app, task))
         try:
             yield
         finally:
-            cleaner.cancel()
-            runtime.close()
+            drain.draining = True
+            metrics.draining.set(1)
+            with contextlib.suppress(BaseException):
+                await building  # a load in progress cannot be interrupted: let it end, then close
+            cleaner = getattr(app.state, "cleaner", None)
+            if cleaner is not None:
+                cleaner.cancel()
+            if app.state.services is not None:
+                app.state.services.runtime.close()
 
     app = _new_app(lifespan)
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.drain = drain
+    app.state.services = None
+    app.state.startup_error = None
     app.router.default = refuse_websocket  # unknown paths: 404 for HTTP, a clear refusal for WebSocket
     app.add_middleware(BodyLimit, settings=settings)
-    app.add_middleware(AccessLog)  # outermost: ids and the access line cover every answer
+    app.add_middleware(AccessLog, metrics=metrics, drain=drain)  # outermost: ids and counts for all
+    app.include_router(health_router)
     app.include_router(dashscope_router)
     app.include_router(openai_router)
     _install_error_handlers(app)
-
-    @app.get("/health")
-    async def health(request: Request) -> Response:
-        svc: Services = request.app.state.services
-        ok = svc.runtime.healthy
-        body = {
-            "status": "ok" if ok else "unavailable",
-            "model": svc.settings.model,
-            "queue": svc.scheduler.queue_depth,
-        }
-        return JSONResponse(body, status_code=200 if ok else 503)
-
     return app
+
+
+def _started(app: FastAPI, task: asyncio.Future[Runtime]) -> None:
+    """The runtime is built (or failed to build): serve with it, or say why not."""
+    if task.cancelled():
+        return
+    error = task.exception()
+    if error is not None:
+        app.state.startup_error = str(error)
+        log.error("qasr could not start: %s", getattr(error, "message", None) or error)
+        return
+    runtime = task.result()
+    app.state.services = Services(runtime)
+    assert runtime.uploads is not None
+    app.state.cleaner = asyncio.ensure_future(_clean_uploads(runtime.uploads))
+    log.info("ready: %s", ", ".join(f"{k}={v}" for k, v in runtime.engine.describe().items()))
 
 
 def _new_app(lifespan: Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]) -> FastAPI:

@@ -12,9 +12,11 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from qasr.errors import RequestTimeout
+from qasr.metrics import Metrics
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -42,14 +44,32 @@ def api_of(path: str) -> str:
     return "server"
 
 
-class AccessLog:
-    """Gives every HTTP request an id (`request.state.request_id`, answered as `X-Request-Id`) and
-    logs one line when its response has been sent, streamed ones included: id, API, method, path,
-    status, audio seconds (when a route recorded them in `request.state.audio_s`) and duration.
-    Never the query string, headers, keys, audio or text."""
+@dataclass
+class Drain:
+    """Whether the server is draining before it stops (SIGTERM), and how many requests it still has in
+    flight; shared by the edge, which refuses new requests while draining, and the server loop, which
+    stops once nothing is in flight or the drain timeout passes (`qasr.api.server`)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    draining: bool = False
+    in_flight: int = 0
+
+
+class AccessLog:
+    """The edge every HTTP request passes first.
+
+    - Gives it an id (`request.state.request_id`, answered as `X-Request-Id`).
+    - While draining, answers new requests 503 with `Retry-After` (health checks still pass).
+    - Logs one line when its answer has been sent, streams included: id, API, method, path, status,
+      audio seconds (when a route recorded them in `request.state.audio_s`) and duration; never the
+      query string, headers, keys, audio or text. The same facts, as fields, for `--log-format json`.
+    - Counts it in the metrics: by API, route template and status; time to the first body byte and
+      to the end; audio seconds and real-time factor.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, drain: Drain) -> None:
         self.app = app
+        self.metrics = metrics
+        self.drain = drain
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -58,33 +78,91 @@ class AccessLog:
         rid = new_request_id()
         state = scope.setdefault("state", {})
         state["request_id"] = rid
+        path = str(scope.get("path", ""))
+        api = api_of(path)
         started = time.monotonic()
+        first_byte: float | None = None
         status = 0
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, first_byte
             if message["type"] == "http.response.start":
                 status = int(message["status"])
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", rid.encode()))
                 message["headers"] = headers
+            elif message["type"] == "http.response.body" and first_byte is None and message.get("body"):
+                first_byte = time.monotonic()
             await send(message)
 
+        self.drain.in_flight += 1
         try:
-            await self.app(scope, receive, send_with_id)
+            if self.drain.draining and not path.startswith("/health"):
+                await _refuse_draining(scope, send_with_id, rid)
+            else:
+                await self.app(scope, receive, send_with_id)
         finally:
-            path = str(scope.get("path", ""))
+            self.drain.in_flight -= 1
+            ended = time.monotonic()
             audio = state.get("audio_s")
+            self._count(scope, api, status, started, first_byte, ended, audio)
             access_log.info(
                 "%s %s %s %s %s audio_s=%s %.0f ms",
                 rid,
-                api_of(path),
+                api,
                 scope.get("method", ""),
                 path[:200],
                 status or "-",
                 f"{audio:.2f}" if isinstance(audio, float) else "-",
-                (time.monotonic() - started) * 1000,
+                (ended - started) * 1000,
+                extra={
+                    "request_id": rid,
+                    "api": api,
+                    "method": scope.get("method", ""),
+                    "path": path[:200],
+                    "status": status,
+                    "audio_s": audio if isinstance(audio, float) else None,
+                    "duration_ms": round((ended - started) * 1000, 1),
+                },
             )
+
+    def _count(
+        self,
+        scope: Scope,
+        api: str,
+        status: int,
+        started: float,
+        first_byte: float | None,
+        ended: float,
+        audio: object,
+    ) -> None:
+        route = getattr(scope.get("route"), "path", None) or "unmatched"  # a template: bounded labels
+        m = self.metrics
+        m.requests.labels(api, route, str(status or 499)).inc()
+        m.request_seconds.labels(api, route).observe(ended - started)
+        if first_byte is not None:
+            m.first_result_seconds.labels(api, route).observe(first_byte - started)
+        if isinstance(audio, float) and audio > 0:
+            m.audio_seconds.labels(api).inc(audio)
+            m.real_time_factor.labels(api).observe((ended - started) / audio)
+
+
+async def _refuse_draining(scope: Scope, send: Send, rid: str) -> None:
+    from qasr.api.errors import dashscope_body, openai_body, wire_headers
+    from qasr.errors import Draining
+
+    exc = Draining("The server is restarting; retry shortly.")
+    body: dict[str, Any]
+    if api_of(str(scope.get("path", ""))) == "dashscope":
+        status, body = dashscope_body(exc, rid)
+    else:
+        status, body = openai_body(exc)
+    data = json.dumps(body).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in wire_headers(exc).items()]
+    headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": data})
 
 
 async def refuse_websocket(scope: Scope, receive: Receive, send: Send) -> None:

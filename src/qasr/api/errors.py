@@ -30,12 +30,16 @@ class WireError:
 # without one deliberately shares its parent's (AudioDecodeError is an AudioError: invalid_audio).
 _TABLE: dict[type[BaseException], WireError] = {
     # The client hung up while sending: nobody reads the answer, but it is not a server bug.
-    ClientDisconnect: WireError(400, "InvalidParameter", "invalid_request_error", "client_disconnected"),
+    ClientDisconnect: WireError(499, "ClientClosedRequest", "invalid_request_error", "client_disconnected"),
+    e.ClientGone: WireError(499, "ClientClosedRequest", "invalid_request_error", "client_disconnected"),
     e.Unauthorized: WireError(401, "InvalidApiKey", "invalid_request_error", "invalid_api_key"),
     e.ModelNotFound: WireError(404, "ModelNotFound", "invalid_request_error", "model_not_found"),
     e.EndpointNotFound: WireError(404, "NotFound", "invalid_request_error", "not_found"),
     e.MethodNotAllowed: WireError(405, "MethodNotAllowed", "invalid_request_error", "method_not_allowed"),
     e.Overloaded: WireError(429, "Throttling.RateQuota", "rate_limit_error", "rate_limit_exceeded"),
+    e.UploadQuotaExceeded: WireError(
+        429, "Throttling.AllocationQuota", "insufficient_quota", "insufficient_quota"
+    ),
     e.InvalidUploadPolicy: WireError(403, "AccessDenied", "invalid_request_error", "access_denied"),
     e.DownloadFailed: WireError(
         400, "BadRequest.InputDownloadFailed", "invalid_request_error", "download_failed"
@@ -51,6 +55,13 @@ _TABLE: dict[type[BaseException], WireError] = {
     e.InvalidRequest: WireError(400, "InvalidParameter", "invalid_request_error", "invalid_parameter"),
     e.RequestTimeout: WireError(504, "RequestTimeOut", "server_error", "timeout"),
     e.EngineUnavailable: WireError(503, "ServiceUnavailable", "server_error", "service_unavailable"),
+    e.Draining: WireError(503, "ServiceUnavailable", "server_error", "service_unavailable"),
+    # 415 with DashScope's generic code for a request it refuses as sent: its clients branch on the
+    # status, and the cloud has no code of its own for a body that is not JSON (issue 13).
+    e.UnsupportedMediaType: WireError(
+        415, "InvalidParameter", "invalid_request_error", "unsupported_media_type"
+    ),
+    e.StorageFull: WireError(507, "InsufficientStorage", "server_error", "insufficient_storage"),
 }
 RETRY_AFTER_S = 1
 """What a 429 tells the client to wait before retrying (seconds)."""
@@ -73,7 +84,10 @@ def wire_headers(exc: BaseException) -> dict[str, str]:
     """Headers the status of `exc` calls for: `Allow` with a 405 (RFC 9110 section 15.5.6)."""
     if isinstance(exc, e.MethodNotAllowed) and exc.allowed:
         return {"Allow": ", ".join(exc.allowed)}
-    if isinstance(exc, e.Overloaded):
+    if isinstance(exc, (e.Overloaded, e.Draining, e.EngineUnavailable)) and not isinstance(
+        exc,
+        e.UploadQuotaExceeded,  # room comes back only as uploads expire: no retry hint
+    ):
         return {"Retry-After": str(RETRY_AFTER_S)}
     return {}
 

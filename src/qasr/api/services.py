@@ -17,7 +17,15 @@ from qasr.api.edge import bounded_stream
 from qasr.audio.sources import SourcePolicy
 from qasr.audio.uploads import UploadStore
 from qasr.engine.scheduler import Admission, Priority
-from qasr.errors import InvalidRequest, ModelNotFound, RequestTimeout, Unauthorized
+from qasr.errors import (
+    ClientGone,
+    EngineUnavailable,
+    InvalidRequest,
+    ModelNotFound,
+    RequestTimeout,
+    Unauthorized,
+    format_value,
+)
 from qasr.runtime import Runtime
 from qasr.settings import Settings
 from qasr.transcriber import AsrScheduler, Transcriber
@@ -57,8 +65,11 @@ class Services:
         """The caller's API key when keys are configured (and valid); None when the server is open."""
         if not self.settings.api_keys:
             return None
-        header = request.headers.get("authorization", "")
-        scheme, _, key = header.partition(" ")
+        headers = request.headers.getlist("authorization")
+        if len(headers) > 1:  # proxies and frameworks disagree on which one counts: refuse both
+            raise Unauthorized("Send one Authorization header, not several.")
+        # The scheme is case-insensitive (RFC 9110 section 11.1): Bearer, bearer and BEARER all work.
+        scheme, _, key = (headers[0] if headers else "").strip().partition(" ")
         key = key.strip()
         if scheme.lower() != "bearer" or not key:
             raise Unauthorized("No API key provided: send `Authorization: Bearer <key>`.")
@@ -75,7 +86,8 @@ class Services:
         if _CLOUD_NAMES.match(name) or name in own:
             return name
         raise ModelNotFound(
-            f"Model {name} does not exist here; this server serves qwen3-asr-flash ({model})."
+            f"Model {format_value(name)} does not exist here; this server serves qwen3-asr-flash "
+            f"({Path(model).name or model})."  # the model's name, never its server path
         )
 
     def source_policy(self, api_key: str | None, model: str) -> SourcePolicy:
@@ -128,8 +140,8 @@ class Services:
             if task in done:
                 return task.result()
             task.cancel()
-            if watcher in done:  # the client left: nobody will read the answer
-                raise asyncio.CancelledError
+            if watcher in done:  # the client left: its work is cancelled; the answer is for the log
+                raise ClientGone("The client closed the connection; the request was cancelled.")
             raise RequestTimeout(
                 f"The request took longer than {self.settings.request_timeout_s:.0f} s and was stopped."
             )
@@ -145,5 +157,8 @@ async def _wait_disconnect(request: Request) -> None:
 
 
 def services(request: Request) -> Services:
-    svc: Services = request.app.state.services
+    """The running services, or `EngineUnavailable` (503, Retry-After) while the model still loads."""
+    svc: Services | None = request.app.state.services
+    if svc is None:
+        raise EngineUnavailable("The server is starting (the model is loading); retry shortly.")
     return svc

@@ -57,3 +57,8 @@ class Engine(Protocol):
     def count_text_tokens(self, text: str) -> int:
         """Tokens of `text` in the model's tokenizer."""
         ...
+
+    def describe(self) -> dict[str, str]:
+        """How the model runs, for metrics and logs: `name` (a directory's last component, never a
+        path), `device`, `dtype`, `layout`."""
+        ...

@@ -10,6 +10,7 @@ import queue
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -130,6 +131,15 @@ class Qwen3ASREngine:
         extractor = self.processor.feature_extractor
         num_samples = max(num_samples, int(getattr(extractor, "min_length", 0) or 0))
         return audio_token_count(max(1, num_samples // extractor.hop_length))
+
+    def describe(self) -> dict[str, str]:
+        loaded = self.loaded
+        return {
+            "name": Path(self.name).name or self.name,
+            "device": str(loaded.device),
+            "dtype": str(loaded.dtype).removeprefix("torch."),
+            "layout": loaded.layout,
+        }
 
     def count_text_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0

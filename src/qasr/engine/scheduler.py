@@ -121,11 +121,13 @@ class Scheduler(Generic[Req, Res]):
         engine: ModelWork[Req, Res],
         policy: SchedulerPolicy | None = None,
         metrics: Metrics | None = None,
+        label: str = "asr",
     ) -> None:
+        """`label` names the model's role in metrics and logs (`asr`, `aligner`): never a path."""
         self.engine = engine
         self.policy = policy or SchedulerPolicy()
         self.metrics = metrics or Metrics()
-        self._label = engine.name
+        self._label = label
         self._waiting: dict[Priority, list[_Pending]] = {p: [] for p in Priority}
         self._running: list[_Pending] = []  # the batch on the model now, failed too if the worker dies
         self._arriving: Counter[Priority] = Counter()  # admissions whose first request is not queued yet
@@ -257,6 +259,7 @@ class Scheduler(Generic[Req, Res]):
                     if self._stopped:  # the worker ended while this request was being prepared
                         raise EngineUnavailable(self._dead_message())
                     self._waiting[ticket.priority].append(item)
+                    self._depth_changed(ticket.priority)
                     self._cond.notify_all()
             finally:
                 with self._cond:
@@ -276,6 +279,7 @@ class Scheduler(Generic[Req, Res]):
                 queue = self._waiting[item.priority]
                 if item in queue:
                     queue.remove(item)
+                    self._depth_changed(item.priority)
             raise
 
     async def _until_started(self, item: _Pending, deadline: float) -> object:
@@ -289,6 +293,7 @@ class Scheduler(Generic[Req, Res]):
                 queued = item in queue
                 if queued:
                     queue.remove(item)
+                    self._depth_changed(item.priority)
             if not queued:  # it started just in time: wait for it like any other
                 return await item.future
             self.metrics.rejected.labels(self._label, item.priority.name.lower()).inc()
@@ -337,6 +342,8 @@ class Scheduler(Generic[Req, Res]):
             batch = self._pick(head)
             for item in batch:
                 self._waiting[item.priority].remove(item)
+            for priority in {item.priority for item in batch}:
+                self._depth_changed(priority)
             self._running = batch
             return batch
 
@@ -368,9 +375,14 @@ class Scheduler(Generic[Req, Res]):
         for queue in self._waiting.values():
             for item in [p for p in queue if p.cancelled or (p.deadline is not None and now >= p.deadline)]:
                 queue.remove(item)
+                self._depth_changed(item.priority)
                 if not item.cancelled:
                     self.metrics.rejected.labels(self._label, item.priority.name.lower()).inc()
                     self._settle(item, exc=QueueTimeout(_QUEUE_TIMEOUT_MESSAGE))
+
+    def _depth_changed(self, priority: Priority) -> None:
+        """Call with the lock held, after `priority`'s queue changed."""
+        self.metrics.queue_depth.labels(self._label, priority.name.lower()).set(len(self._waiting[priority]))
 
     def _next_deadline_in(self) -> float | None:
         deadlines = [p.deadline for q in self._waiting.values() for p in q if p.deadline is not None]

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from qasr.api.dashscope import protocol
 from qasr.api.errors import dashscope_body
-from qasr.api.routing import dashscope_error, guarded_route, json_body, read_json, request_id
+from qasr.api.routing import dashscope_error, guarded_route, json_body, read_form, read_json, request_id
 from qasr.api.services import services
 from qasr.errors import InvalidRequest
 from qasr.types import Delta, Transcript
@@ -135,7 +135,7 @@ async def upload(request: Request) -> Response:
     """Step 2 (spec 3.3): the multipart POST, authorised only by the signed policy; 200 on success."""
     svc = services(request)
     limit = svc.settings.upload_max_bytes + 1
-    async with request.form(max_files=1, max_fields=20, max_part_size=limit) as form:
+    async with read_form(request, max_files=1, max_fields=20, max_part_size=limit) as form:
         fields = {k: v for k, v in form.items() if isinstance(v, str)}
         file = form.get("file")
         if file is None or isinstance(file, str):

@@ -22,7 +22,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from qasr.api.dashscope.protocol import AsrOptions
-from qasr.errors import InvalidRequest
+from qasr.errors import InvalidRequest, format_value
 from qasr.text.languages import normalize_code
 from qasr.text.subtitles import to_srt, to_vtt
 from qasr.types import Delta, TranscribeOptions, Transcript
@@ -146,8 +146,8 @@ def chat_to_domain(req: ChatCompletionRequest) -> tuple[str, TranscribeOptions]:
             audio += [ref for p in parts if (ref := _audio_reference(p)) is not None]
         else:
             raise InvalidRequest(
-                f"Message role {message.role!r} is not supported: send one user message with one audio "
-                "part and an optional system message with context.",
+                f"Message role {format_value(message.role)!r} is not supported: send one user message "
+                "with one audio part and an optional system message with context.",
                 param="messages",
             )
     if sum(m.role == "user" for m in req.messages) != 1 or len(audio) != 1:
@@ -389,6 +389,13 @@ def transcription_events(item: Delta | Transcript) -> list[dict[str, Any]]:
     return [{"type": "transcript.text.delta", "delta": item.text}] if item.text else []
 
 
-def model_list(served_model_name: str) -> dict[str, Any]:
-    model = {"id": served_model_name, "object": "model", "created": int(time.time()), "owned_by": "qasr"}
+def model_list(served_model_name: str, limits: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's model list; `limits` (a qasr extension) are the input limits the server enforces."""
+    model = {
+        "id": served_model_name,
+        "object": "model",
+        "created": int(time.time()),
+        "owned_by": "qasr",
+        "limits": limits,
+    }
     return {"object": "list", "data": [model]}

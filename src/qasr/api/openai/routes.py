@@ -15,12 +15,11 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException
 
 from qasr.api.errors import openai_body
 from qasr.api.openai import protocol
-from qasr.api.routing import form_body, guarded_route, json_body, openai_error, read_json
-from qasr.api.services import Services, services
+from qasr.api.routing import form_body, guarded_route, json_body, openai_error, read_form, read_json
+from qasr.api.services import MAX_CONTEXT_TOKENS, Services, services
 from qasr.audio.decode import check_size
 from qasr.errors import InvalidRequest
 from qasr.types import Delta, Transcript
@@ -94,7 +93,16 @@ async def transcriptions(request: Request) -> Response:
 async def models(request: Request) -> Response:
     svc = services(request)
     svc.check_key(request)
-    return JSONResponse(protocol.model_list(svc.settings.served_model_name))
+    settings = svc.settings
+    limits = {
+        "max_audio_s": settings.max_audio_s,
+        "max_audio_bytes": settings.max_audio_bytes,
+        "max_body_bytes": settings.max_body_bytes,
+        "max_context_tokens": MAX_CONTEXT_TOKENS,
+        "request_timeout_s": settings.request_timeout_s,
+        "max_queue_wait_s": settings.max_queue_wait_s,
+    }
+    return JSONResponse(protocol.model_list(settings.served_model_name, limits))
 
 
 for _prefix in PREFIXES:
@@ -119,24 +127,21 @@ async def _read_upload(request: Request, svc: Services) -> tuple[protocol.Transc
         raise InvalidRequest(
             "Send a multipart/form-data body: the audio as the file part `file`, plus `model` and options."
         )
-    try:
-        async with request.form(max_files=1, max_fields=_MAX_FORM_FIELDS) as form:
-            file = form.get("file")
-            fields: dict[str, list[str]] = {}
-            for name, value in form.multi_items():
-                if isinstance(value, str):
-                    fields.setdefault(name, []).append(value)
-            params = protocol.parse_transcription_form(fields)
-            if not isinstance(file, UploadFile):
-                raise InvalidRequest(
-                    "Missing `file`: send the audio as the multipart/form-data file part `file`.",
-                    param="file",
-                )
-            if file.size is not None:
-                check_size(file.size, svc.settings.sync_limits)
-            return params, await file.read()
-    except HTTPException as exc:  # Starlette's answer to a malformed or over-full multipart body
-        raise InvalidRequest(f"The multipart form could not be read: {exc.detail}") from None
+    async with read_form(request, max_files=1, max_fields=_MAX_FORM_FIELDS) as form:
+        file = form.get("file")
+        fields: dict[str, list[str]] = {}
+        for name, value in form.multi_items():
+            if isinstance(value, str):
+                fields.setdefault(name, []).append(value)
+        params = protocol.parse_transcription_form(fields)
+        if not isinstance(file, UploadFile):
+            raise InvalidRequest(
+                "Missing `file`: send the audio as the multipart/form-data file part `file`.",
+                param="file",
+            )
+        if file.size is not None:
+            check_size(file.size, svc.settings.sync_limits)
+        return params, await file.read()
 
 
 def _event_stream(
