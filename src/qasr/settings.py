@@ -140,7 +140,8 @@ class Settings(BaseSettings):
     allow_local_dirs: Annotated[list[Path], NoDecode] = Field(default_factory=list)
     """Server-side directories remote callers may name with `file://` or a path (none by default)."""
     allow_url_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    """Hosts fetched even though they resolve to private, loopback or link-local addresses."""
+    """Hosts fetched even though they resolve to private, loopback or link-local addresses. Prefer
+    `host:port`, which allows that port only; a bare `host` allows every port of it."""
     url_map: dict[str, str] = Field(default_factory=dict)
     """URL prefix -> local directory or other URL (air-gapped mirrors), e.g. `{"https://x/": "/srv/m/"}`."""
 

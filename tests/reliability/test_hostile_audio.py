@@ -179,3 +179,23 @@ def test_a_redirect_to_an_http_url_without_a_host_is_a_failed_download(redirecto
     error = _error(redirector + "http:a.wav", LOOPBACK)
     assert isinstance(error, DownloadFailed)
     assert error.message == "127.0.0.1 redirected the download to an invalid URL."
+
+
+def test_an_allowed_host_port_opens_that_port_only() -> None:
+    """`--allow-url-host HOST:PORT` trusts one port of a private host, not every port (issue 13)."""
+    import asyncio
+
+    import httpx
+
+    from qasr.audio.sources import SourcePolicy, _checked_hop
+    from qasr.errors import ForbiddenSource
+
+    async def hop(url: str, *allowed: str) -> None:
+        await _checked_hop(httpx.URL(url), SourcePolicy(allow_url_hosts=allowed))
+
+    asyncio.run(hop("http://127.0.0.1:8080/a.wav", "127.0.0.1:8080"))
+    asyncio.run(hop("http://127.0.0.1:9/a.wav", "127.0.0.1"))  # a bare host: every port
+    asyncio.run(hop("http://[::1]:8080/a.wav", "[::1]:8080"))
+    for url in ("http://127.0.0.1:22/a.wav", "http://127.0.0.1/a.wav", "http://[::1]:22/a.wav"):
+        with pytest.raises(ForbiddenSource):
+            asyncio.run(hop(url, "127.0.0.1:8080", "[::1]:8080"))

@@ -52,7 +52,8 @@ class SourcePolicy:
     allow_any_local: bool = False
     """Read any local file (the CLI sets this; a server never should)."""
     allow_url_hosts: tuple[str, ...] = ()
-    """Hosts downloaded from even though they resolve to private, loopback or link-local addresses."""
+    """Hosts downloaded from even though they resolve to private, loopback or link-local addresses:
+    `host:port` allows that port only (prefer it), a bare `host` (or `[v6]`) every port."""
     url_map: Mapping[str, str] = field(default_factory=dict)
     """URL prefix -> local directory or other URL prefix (mirrors); the longest matching prefix wins.
     A mapped URL is still checked like any other: list a private mirror's host in `allow_url_hosts`."""
@@ -293,8 +294,12 @@ async def _checked_hop(url: httpx.URL, policy: SourcePolicy) -> _Hop:
         raise _other_scheme(url.scheme)
     host = url.raw_host.decode("ascii")
     addresses = await _resolve(host, url.port or (443 if url.scheme == "https" else 80))
-    allowed = {_normal_host(h) for h in policy.allow_url_hosts}
-    trusted = bool(allowed & {_normal_host(host), _normal_host(url.host)})
+    port = url.port or (443 if url.scheme == "https" else 80)
+    names = {_normal_host(host), _normal_host(url.host)}
+    trusted = any(
+        allowed_host in names and allowed_port in (None, port)
+        for allowed_host, allowed_port in map(_host_and_port, policy.allow_url_hosts)
+    )
     if not trusted and not all(is_public_address(a) for a in addresses):
         raise ForbiddenSource(
             f"The audio URL's host {format_value(url.host)} is on a private, loopback or link-local "
@@ -402,6 +407,19 @@ async def _read_body(response: httpx.Response, limits: AudioLimits) -> bytes:
             raise AudioTooLarge(f"Audio is larger than {limit}; qasr accepts at most {limit}.")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _host_and_port(entry: str) -> tuple[str, int | None]:
+    """`host`, `host:port`, `[v6]` or `[v6]:port` as (normalised host, port or None)."""
+    entry = entry.strip()
+    if entry.startswith("["):
+        host, _, rest = entry[1:].partition("]")
+        port = rest.removeprefix(":")
+    elif entry.count(":") == 1:
+        host, _, port = entry.partition(":")
+    else:  # a bare host, or an IPv6 address without brackets
+        host, port = entry, ""
+    return _normal_host(host), int(port) if port.isdigit() else None
 
 
 def _normal_host(host: str) -> str:
