@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from qasr.engine.base import Job
 from qasr.engine.qwen3 import Qwen3ASREngine
 from qasr.errors import ModelLoadError
 from qasr.types import Delta, EngineRequest, EngineResult
@@ -105,6 +106,23 @@ def test_forced_language_is_reported(engine: Qwen3ASREngine) -> None:
     with scripted_output(engine, "bonjour"):
         result = engine.transcribe([EngineRequest(noise(1.0), language="fr")])[0]
     assert (result.text, result.language) == ("bonjour", "fr")
+
+
+def test_a_forced_prefix_is_continued(engine: Qwen3ASREngine) -> None:
+    """Live decoding reuses the text it settled: the prompt ends in the header and the prefix, the
+    model writes only the continuation (the deltas), and the result holds the whole text."""
+    prompt = engine.prompt("", "en", "the cat")
+    assert prompt.endswith("<|im_start|>assistant\nlanguage English<asr_text>the cat")
+    deltas: list[Delta] = []
+    with scripted_output(engine, " sat down"):
+        result = engine.run([Job(EngineRequest(noise(1.0), language="en", prefix="the cat"), deltas.append)])[
+            0
+        ]
+    assert result.text == "the cat sat down" and result.language == "en"
+    assert "".join(d.text for d in deltas) == " sat down"
+    assert result.output_tokens == engine.count_text_tokens(" sat down")  # only what the model wrote
+    with pytest.raises(ValueError, match="forced text prefix needs a language"):
+        engine.prompt("", None, "the cat")
 
 
 def test_repetition_loop_is_cut(engine: Qwen3ASREngine) -> None:
