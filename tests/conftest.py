@@ -42,3 +42,11 @@ def engine(tiny_dir: Path):  # type: ignore[no-untyped-def]
     from qasr.engine.qwen3 import Qwen3ASREngine
 
     return Qwen3ASREngine.load(str(tiny_dir), device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def tiny_aligner_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight forced aligner, `-hf` layout, compact ids (same tokenizer as `tiny_dir`)."""
+    from qasr.engine.testing_aligner import build_aligner_checkpoint
+
+    return build_aligner_checkpoint(tmp_path_factory.mktemp("tiny-aligner"))

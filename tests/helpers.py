@@ -162,3 +162,20 @@ class EngineWrapper:
 
     def run(self, jobs: Any) -> Any:
         return self.inner.run(jobs)
+
+
+def two_utterances(first: str, second: str, out: Path, gap_s: float = 2.0) -> Path:
+    """A wav of two espeak-ng utterances separated by `gap_s` of silence (two speech segments)."""
+    import wave
+
+    parts = [synthesize(text, out.with_name(f"{out.stem}-{k}.wav")) for k, text in enumerate((first, second))]
+    frames = []
+    for part in parts:
+        with wave.open(str(part), "rb") as src:
+            params = src.getparams()
+            frames.append(src.readframes(src.getnframes()))
+    silence = b"\x00" * (int(params.framerate * gap_s) * params.sampwidth * params.nchannels)
+    with wave.open(str(out), "wb") as dst:
+        dst.setparams(params)
+        dst.writeframes(frames[0] + silence + frames[1])
+    return out

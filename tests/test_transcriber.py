@@ -144,7 +144,7 @@ def test_whole_file_language_is_the_longest_spoken() -> None:
     result = EngineResult("x", "en", 1, 0, 1)
     for seg, lang in [((0, 10), "en"), ((10, 12), "zh"), ((12, 15), "zh"), ((15, 16), None)]:
         collector.append("x", new_segment=True)
-        collector.add(Segment(*seg), EngineResult("x", lang, 1, 0, 1), "x")
+        collector.add(Segment(*seg, "x", lang), EngineResult("x", lang, 1, 0, 1))
     del result
     t = collector.transcript(AudioInfo(16.0, "wav", "pcm_s16le", 16000, 1))
     assert t.language == "en" and t.languages == ("en", "zh")

@@ -120,6 +120,7 @@ _MODEL_OPTIONS = (
     _Option("--dtype", "dtype"),
     _Option("--quantize", "quantize"),
     _Option("--threads", "threads"),
+    _Option("--aligner", "aligner"),
     _Option("--no-vad", "vad", "Turn off voice-activity detection."),
     _Option("--segment-max-s", "segment_max_s"),
 )
@@ -187,6 +188,13 @@ def _transcribe_parser(sub: Any) -> None:
     )
     t.add_argument(
         "--itn", action="store_true", help="inverse text normalization (zh, en): numbers as digits"
+    )
+    t.add_argument(
+        "--timestamps",
+        choices=["segment", "word"],
+        default="segment",
+        help="json output: word adds segments[].words[] (needs --aligner; else segment-level, marked) "
+        "[default: segment]",
     )
     for option in _SOURCE_OPTIONS:
         option.add_to(t)
@@ -262,8 +270,9 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
     # Load before the server starts: a model that cannot be had is one clear line and exit code 2,
     # not a traceback inside uvicorn's start-up. In a thread that ends: see qasr.engine.threads.
-    log.info("settings: %s", json.dumps(settings.effective(), ensure_ascii=False))
     engine = in_passing_thread(lambda: load_engine(settings))
+    # After the load: a model that cannot be had stays one line on stderr.
+    log.info("settings: %s", json.dumps(settings.effective(), ensure_ascii=False))
     serve(create_app(settings, engine), settings)
     return 0
 
@@ -300,7 +309,12 @@ def _transcribe(settings: Settings, args: argparse.Namespace) -> int:
     from qasr.types import TranscribeOptions
 
     context = args.context_file.read_text(encoding="utf-8") if args.context_file else args.context
-    options = TranscribeOptions(language=normalize_code(args.language), context=context, enable_itn=args.itn)
+    options = TranscribeOptions(
+        language=normalize_code(args.language),
+        context=context,
+        enable_itn=args.itn,
+        timestamps=args.timestamps,
+    )
     run = TranscribeRun(args.inputs, options, args.format, Progress(len(args.inputs), sys.stderr))
     try:
         return asyncio.run(_transcribe_all(settings, run))

@@ -72,7 +72,10 @@ class TranscribeRun:
                 self.interrupted(source, partial, left=len(self.inputs) - index - 1)
                 raise
             else:
-                self.progress.say(_render(source, transcript, self.fmt, self.several), sys.stdout)
+                self.progress.say(
+                    _render(source, transcript, self.fmt, self.several, self.options.timestamps == "word"),
+                    sys.stdout,
+                )
             self.progress.end()
         return 1 if self.failed else 0
 
@@ -176,7 +179,7 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
-def _render(source: str, transcript: Any, fmt: str, several: bool) -> str:
+def _render(source: str, transcript: Any, fmt: str, several: bool, words: bool = False) -> str:
     from qasr.text.subtitles import to_srt, to_vtt
 
     if fmt == "json":
@@ -186,15 +189,7 @@ def _render(source: str, transcript: Any, fmt: str, several: bool) -> str:
                 "language": transcript.language,
                 "text": transcript.text,
                 "duration": round(transcript.duration_s, 3),
-                "segments": [
-                    {
-                        "start": round(s.start_s, 3),
-                        "end": round(s.end_s, 3),
-                        "text": s.text,
-                        "language": s.language,
-                    }
-                    for s in transcript.segments
-                ],
+                "segments": [_segment_json(s, words) for s in transcript.segments],
             },
             ensure_ascii=False,
         )
@@ -205,3 +200,21 @@ def _render(source: str, transcript: Any, fmt: str, several: bool) -> str:
     else:
         body = transcript.text
     return f"==> {source} <==\n{body}" if several else body
+
+
+def _segment_json(segment: Any, words: bool) -> dict[str, Any]:
+    """One segment of `--format json`; with `--timestamps word`, its words and how it was timed
+    (`word_timing: segment` when the aligner could not place them: no word times are made up)."""
+    out: dict[str, Any] = {
+        "start": round(segment.start_s, 3),
+        "end": round(segment.end_s, 3),
+        "text": segment.text,
+        "language": segment.language,
+    }
+    if words:
+        out["word_timing"] = segment.word_timing
+        out["words"] = [
+            {"start": w.start_s, "end": w.end_s, "text": w.text, "repaired": w.repaired}
+            for w in segment.words
+        ]
+    return out

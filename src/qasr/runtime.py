@@ -16,21 +16,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qasr.audio.segment import SegmentationOptions
 from qasr.audio.sources import SourcePolicy
 from qasr.audio.uploads import UploadStore
 from qasr.audio.vad import VoiceActivityDetector
 from qasr.engine.base import Engine
-from qasr.engine.scheduler import Priority, Scheduler, SchedulerPolicy
+from qasr.engine.scheduler import ModelWork, Priority, Scheduler, SchedulerPolicy
 from qasr.engine.threads import in_passing_thread
 from qasr.metrics import Metrics
 from qasr.settings import Settings
 from qasr.transcriber import AsrScheduler, PipelineOptions, ProgressCallback, Transcriber
 from qasr.types import TranscribeOptions, Transcript
+
+if TYPE_CHECKING:
+    from qasr.engine.aligner import AlignRequest, AlignResult
+    from qasr.timestamps import AlignScheduler
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +51,8 @@ class Runtime:
     metrics: Metrics
     uploads: UploadStore | None = None
     """The temporary-upload store of the DashScope SDK's local-file flow (server only)."""
+    aligner: AlignScheduler | None = None
+    """The forced aligner's scheduler, for word timestamps; None when `settings.aligner` is `none`."""
     _closed: bool = field(default=False, repr=False)
 
     # --- building --------------------------------------------------------------------------------------
@@ -59,27 +65,39 @@ class Runtime:
         *,
         server: bool = False,
         metrics: Metrics | None = None,
+        aligner_engine: ModelWork[AlignRequest, AlignResult] | None = None,
     ) -> Runtime:
         """Load (or take) the model, warm it up as the settings say, and start its scheduler.
 
         Blocking (seconds to minutes with a real model): from async code, run it in a thread. `server`
         adds what only the HTTP server needs (the upload store, queue deadlines). `metrics`: where the
-        counters go (the app creates them first, so its edge can count requests); new ones if None."""
+        counters go (the app creates them first, so its edge can count requests); new ones if None.
+        `aligner_engine`: a forced aligner to use instead of loading `settings.aligner` (tests)."""
         model = engine if engine is not None else in_passing_thread(lambda: load_engine(settings))
+        if aligner_engine is None and settings.aligner != "none":
+            aligner_engine = in_passing_thread(lambda: load_aligner_engine(settings))
         if settings.warmup:
             warm_up_text(settings)
         metrics = metrics or Metrics()
         describe_model(metrics, model, settings)
         scheduler: AsrScheduler = Scheduler(model, scheduler_policy(settings), metrics, label="asr")
         scheduler.start()
+        aligner: AlignScheduler | None = None
         try:
+            if aligner_engine is not None:
+                describe_aligner(metrics, aligner_engine)
+                aligner = Scheduler(aligner_engine, aligner_policy(settings), metrics, label="aligner")
+                aligner.start()
             vad = VoiceActivityDetector() if settings.vad else None
-            transcriber = Transcriber(scheduler, vad, pipeline_options(settings, server=server))
+            options = pipeline_options(settings, server=server)
+            transcriber = Transcriber(scheduler, vad, options, aligner=aligner)
             uploads = UploadStore.from_settings(settings) if server else None
         except BaseException:
             scheduler.close()
+            if aligner is not None:
+                aligner.close()
             raise
-        return cls(settings, model, scheduler, transcriber, metrics, uploads)
+        return cls(settings, model, scheduler, transcriber, metrics, uploads, aligner)
 
     @classmethod
     def open(cls, model: str | None = None, **settings: Any) -> Runtime:
@@ -96,6 +114,8 @@ class Runtime:
             return
         self._closed = True
         self.scheduler.close()
+        if self.aligner is not None:
+            self.aligner.close()
         if self.uploads is not None:
             self.uploads.close()
 
@@ -109,8 +129,8 @@ class Runtime:
 
     @property
     def healthy(self) -> bool:
-        """The model worker is running."""
-        return self.scheduler.healthy
+        """The model workers (the recognizer's and, when loaded, the aligner's) are running."""
+        return self.scheduler.healthy and (self.aligner is None or self.aligner.healthy)
 
     # --- the library API -------------------------------------------------------------------------------
 
@@ -172,6 +192,23 @@ def load_engine(settings: Settings) -> Engine:
     return engine
 
 
+def load_aligner_engine(settings: Settings) -> ModelWork[AlignRequest, AlignResult]:
+    """The forced aligner the settings name (issue 14), loaded and (if asked) warmed up."""
+    from qasr.engine.aligner import Qwen3AlignerEngine
+
+    aligner = Qwen3AlignerEngine.load(settings.aligner, settings.device, settings.dtype, settings.threads)
+    if settings.warmup:
+        aligner.warmup()
+    return aligner
+
+
+def describe_aligner(metrics: Metrics, aligner: object) -> None:
+    """The aligner's load facts as the `qasr_model{role="aligner"}` info metric (never a server path)."""
+    describe = getattr(aligner, "describe", None)
+    facts: dict[str, str] = describe() if callable(describe) else {}
+    metrics.model.labels("aligner").info(facts)
+
+
 def describe_model(metrics: Metrics, engine: Engine, settings: Settings) -> None:
     """The model-load facts as the `qasr_model` info metric (never a server path)."""
     metrics.model.labels("asr").info({**engine.describe(), "quantize": settings.quantize})
@@ -194,6 +231,11 @@ def scheduler_policy(settings: Settings) -> SchedulerPolicy:
         max_hold_ms=settings.max_hold_ms,
         max_queue=settings.max_queue,
     )
+
+
+def aligner_policy(settings: Settings) -> SchedulerPolicy:
+    """The ASR scheduler's policy with the aligner's own batch size (one forward pass per batch)."""
+    return replace(scheduler_policy(settings), max_batch_size=settings.aligner_max_batch_size)
 
 
 def pipeline_options(settings: Settings, *, server: bool = False) -> PipelineOptions:

@@ -80,6 +80,13 @@ class Settings(BaseSettings):
     """torch intra-op threads; None keeps torch's default (one per core)."""
     warmup: bool = True
     """Run one short generation at start-up so the first request is not slow."""
+    aligner: str = "none"
+    """Forced aligner for word timestamps: a local directory, `Qwen/Qwen3-ForcedAligner-0.6B-hf`, the
+    original `Qwen/Qwen3-ForcedAligner-0.6B`, or `modelscope:<id>`; `none` turns it off. Off by default:
+    it is a second 0.9 B-parameter model (memory, load time). Without it word timestamps fall back to
+    segment-level times, marked as such."""
+    aligner_max_batch_size: int = 16
+    """Most clips the aligner places in one forward pass (16 keeps its peak memory low)."""
     served_model_name: str = "qwen3-asr-flash"
     """The name `/v1/models` lists; `qwen3-asr-flash*` and the model id are accepted too."""
 

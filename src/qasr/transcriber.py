@@ -20,7 +20,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,6 +32,7 @@ from qasr.engine.scheduler import Admission, Priority, Scheduler
 from qasr.text import itn
 from qasr.text.join import join_texts
 from qasr.text.sentences import SentenceItn
+from qasr.timestamps import word_times
 from qasr.types import (
     AudioInfo,
     AudioLimits,
@@ -43,6 +44,9 @@ from qasr.types import (
     Transcript,
     Usage,
 )
+
+if TYPE_CHECKING:
+    from qasr.timestamps import AlignScheduler
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +85,11 @@ class Transcriber:
         scheduler: AsrScheduler,
         vad: VoiceActivityDetector | None = None,
         options: PipelineOptions | None = None,
+        aligner: AlignScheduler | None = None,
     ) -> None:
+        """`aligner`: the forced aligner's scheduler, for word timestamps; None: segment-level only."""
         self.scheduler = scheduler
+        self.aligner = aligner
         self.options = options or PipelineOptions()
         if self.options.use_vad and vad is None:
             vad = VoiceActivityDetector()
@@ -184,6 +191,8 @@ class Transcriber:
                     segment, samples = item
                     request = EngineRequest(samples, options.context, options.language)
                     runner = SegmentRunner(segment, options.enable_itn)
+                    if options.timestamps == "word" and self.aligner is not None:
+                        runner.align_with(self.aligner, samples)
                     runner.submit(self.scheduler, request, admission, deadline=self._deadline(admission))
                     in_flight.append(runner)
                 if not in_flight:
@@ -282,6 +291,13 @@ class SegmentRunner:
         self.itn = SentenceItn(enable_itn)
         self.task: asyncio.Future[EngineResult] | None = None
         self._started = False
+        self._aligner: AlignScheduler | None = None
+        self._samples: np.ndarray | None = None
+        self._priority = Priority.INTERACTIVE
+
+    def align_with(self, aligner: AlignScheduler, samples: np.ndarray) -> None:
+        """Place the segment's words in time once its text is final; `samples` are kept until then."""
+        self._aligner, self._samples = aligner, samples
 
     def submit(
         self,
@@ -293,6 +309,7 @@ class SegmentRunner:
     ) -> None:
         """Queue the segment's model request; its deltas arrive in `pieces`. `deadline`
         (time.monotonic): refused with `QueueTimeout` if the model has not started it by then."""
+        self._priority = admission.priority if admission is not None else priority
         work = scheduler.submit(
             request, self._piece, priority=priority, admission=admission, deadline=deadline
         )
@@ -335,7 +352,12 @@ class SegmentRunner:
             yield Delta(
                 self._join(builder, tail), result.language, builder.output_tokens + result.output_tokens
             )
-        builder.add(self.segment, result, self.itn.text)
+        done = Segment(self.segment.start_s, self.segment.end_s, self.itn.text, result.language)
+        samples, self._samples = self._samples, None  # bounded memory: audio lives until aligned
+        done = await word_times(
+            self._aligner, done, samples, spoken=result.text.strip(), priority=self._priority
+        )
+        builder.add(done, result)
 
     def _join(self, builder: TranscriptBuilder, text: str) -> str:
         """Only the first text of a segment may get a separator from the previous segment's text."""
@@ -366,8 +388,9 @@ class TranscriptBuilder:
         self._text = joined
         return delta
 
-    def add(self, segment: Segment, result: EngineResult, text: str) -> None:
-        self.segments.append(Segment(segment.start_s, segment.end_s, text, result.language))
+    def add(self, segment: Segment, result: EngineResult) -> None:
+        """Record a finished segment (its final text, language and any words) and its model result."""
+        self.segments.append(segment)
         self.results.append(result)
         self.output_tokens += result.output_tokens
 

@@ -6,6 +6,7 @@ Times are in seconds (`_s`), sizes in bytes, audio is 16 kHz mono float32 in [-1
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
@@ -61,6 +62,10 @@ class TranscribeOptions:
     """Context text (hotwords, domain text) placed in the model's system turn."""
     enable_itn: bool = False
     """Apply inverse text normalization (spoken numbers to digits) for Chinese and English."""
+    timestamps: Literal["none", "segment", "word"] = "none"
+    """`word`: place each word in time with the forced aligner (when one is loaded and covers the
+    segment's language; else segments keep segment-level times, marked as such). `segment` and `none`
+    cost nothing extra: segments always carry their times."""
 
 
 @dataclass(frozen=True)
@@ -108,6 +113,22 @@ class Delta:
 
 
 @dataclass(frozen=True)
+class Word:
+    """A displayable word with its time on the original timeline (issue 14)."""
+
+    text: str
+    """The original text of the word with the punctuation that follows it (`Hello,`, `3.5%`)."""
+    start_s: float
+    end_s: float
+    repaired: bool = False
+    """The aligner gave it no time of its own (zero-length or overlapping): its span was derived from
+    its neighbours'."""
+
+
+WordTiming = Literal["word", "segment"]
+
+
+@dataclass(frozen=True)
 class Segment:
     """A stretch of the original timeline and its transcript."""
 
@@ -115,6 +136,11 @@ class Segment:
     end_s: float
     text: str = ""
     language: str | None = None
+    words: tuple[Word, ...] = ()
+    """The text's words with their times, when the forced aligner placed them; else empty."""
+    word_timing: WordTiming = "segment"
+    """`word`: `words` hold aligned times. `segment`: only the segment's own times are known (no
+    aligner, a language it does not cover, or word timestamps not asked for); never invented."""
 
 
 @dataclass(frozen=True)

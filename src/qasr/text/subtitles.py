@@ -15,6 +15,10 @@ How a segment becomes cues (the defaults are `CueLimits`):
   break that is nearly as even.
 - Timing. The segment's time is shared among its cues in proportion to their non-space character
   counts, on the millisecond grid: cues follow each other without gaps or overlaps, inside the segment.
+- Word times (issue 14). When the forced aligner placed the segment's words, the words are the
+  tokens, a cue's duration is measured from its first word's start to its last word's end, and a cue
+  runs from its first word's start to its last word's end: it never starts before its first word is
+  spoken. The same line and duration limits and break preferences apply.
 - Text. Runs of whitespace (newlines included) become one space; a segment with no text gets no cue.
   Times are rounded to milliseconds: SRT `HH:MM:SS,mmm`, WebVTT `HH:MM:SS.mmm` after a `WEBVTT`
   header; hours go past 99 when needed. WebVTT escapes `&`, `<` and `>`; SRT text is written as is.
@@ -58,6 +62,9 @@ class _Token:
 
     text: str
     space_before: bool
+    start_ms: int | None = None
+    """With word times: when the word starts; else None."""
+    end_ms: int | None = None
 
 
 def to_srt(segments: Sequence[Segment], limits: CueLimits | None = None) -> str:
@@ -91,6 +98,8 @@ def _segment_cues(segment: Segment, limits: CueLimits) -> list[Segment]:
     text = " ".join(segment.text.split())
     if not text:
         return []
+    if segment.word_timing == "word" and segment.words:
+        return _word_cues(segment, text, limits)
     line_chars = limits.cjk_line_chars if _is_cjk(text) else limits.latin_line_chars
     tokens = _split_long_tokens(_tokenize(text), line_chars)
     # Work on the millisecond grid the formats use, so cue times survive a round trip exactly.
@@ -109,6 +118,36 @@ def _segment_cues(segment: Segment, limits: CueLimits) -> list[Segment]:
         lines = "\n".join(_lines(group, line_chars))
         cues.append(Segment(cue_start / 1000, cue_end / 1000, lines, segment.language))
     return cues
+
+
+def _word_cues(segment: Segment, text: str, limits: CueLimits) -> list[Segment]:
+    """Cues cut at word boundaries, timed by the words' own times."""
+    line_chars = limits.cjk_line_chars if _is_cjk(text) else limits.latin_line_chars
+    tokens = _split_long_tokens(_word_tokens(segment), line_chars)
+    cues = []
+    for group in _pack(tokens, line_chars, math.inf, limits.max_cue_s * 1000):
+        start = group[0].start_ms or 0
+        end = max(start, max(t.end_ms or 0 for t in group))
+        lines = "\n".join(_lines(group, line_chars))
+        cues.append(Segment(start / 1000, end / 1000, lines, segment.language))
+    return cues
+
+
+def _word_tokens(segment: Segment) -> list[_Token]:
+    """One token per aligned word; a space before it where the segment's text has one."""
+    tokens: list[_Token] = []
+    cursor = 0
+    for word in segment.words:
+        shown = " ".join(word.text.split())
+        if not shown:
+            continue
+        at = segment.text.find(word.text, cursor)
+        space = bool(tokens) and (at < 0 or segment.text[cursor:at].isspace())
+        if at >= 0:
+            cursor = at + len(word.text)
+        start = _milliseconds(word.start_s)
+        tokens.append(_Token(shown, space, start, max(start, _milliseconds(word.end_s))))
+    return tokens
 
 
 def parse_srt(text: str) -> list[Segment]:
@@ -204,7 +243,8 @@ def _split_long_tokens(tokens: list[_Token], line_chars: int) -> list[_Token]:
     out = []
     for token in tokens:
         for k in range(0, len(token.text), line_chars):
-            out.append(_Token(token.text[k : k + line_chars], token.space_before and k == 0))
+            piece = token.text[k : k + line_chars]
+            out.append(_Token(piece, token.space_before and k == 0, token.start_ms, token.end_ms))
     return out
 
 
@@ -239,32 +279,46 @@ def _greedy_line_count(tokens: Sequence[_Token], line_chars: int) -> int:
     return lines
 
 
-def _fits(tokens: Sequence[_Token], line_chars: int, max_weight: float) -> bool:
-    return _weight(tokens) <= max_weight and _greedy_line_count(tokens, line_chars) <= _MAX_LINES
+def _fits(tokens: Sequence[_Token], line_chars: int, max_weight: float, max_ms: float) -> bool:
+    return (
+        _weight(tokens) <= max_weight
+        and _span_ms(tokens) <= max_ms
+        and _greedy_line_count(tokens, line_chars) <= _MAX_LINES
+    )
 
 
-def _pack(tokens: list[_Token], line_chars: int, max_weight: float) -> list[list[_Token]]:
+def _span_ms(tokens: Sequence[_Token]) -> float:
+    """From the first word's start to the last word's end; 0 without word times."""
+    first, last = tokens[0].start_ms, tokens[-1].end_ms
+    return 0 if first is None or last is None else last - first
+
+
+def _pack(
+    tokens: list[_Token], line_chars: int, max_weight: float, max_ms: float = math.inf
+) -> list[list[_Token]]:
     """Group tokens into cues as few as the limits allow, each ending at a good break."""
     groups = []
     i = 0
     while i < len(tokens):
-        j = _fill(tokens, i, line_chars, max_weight)
+        j = _fill(tokens, i, line_chars, max_weight, max_ms)
         if j < len(tokens):
-            j = _best_break(tokens, i, j, _even_share(tokens, i, j, line_chars, max_weight))
+            j = _best_break(tokens, i, j, _even_share(tokens, i, j, line_chars, max_weight, max_ms))
         groups.append(tokens[i:j])
         i = j
     return groups
 
 
-def _fill(tokens: list[_Token], i: int, line_chars: int, max_weight: float) -> int:
+def _fill(tokens: list[_Token], i: int, line_chars: int, max_weight: float, max_ms: float) -> int:
     """End of the longest run of tokens from `i` that fits in one cue (at least one token)."""
     j = i + 1  # one token always goes in, even if it alone is over the duration budget
-    while j < len(tokens) and _fits(tokens[i : j + 1], line_chars, max_weight):
+    while j < len(tokens) and _fits(tokens[i : j + 1], line_chars, max_weight, max_ms):
         j += 1
     return j
 
 
-def _even_share(tokens: list[_Token], i: int, j: int, line_chars: int, max_weight: float) -> float:
+def _even_share(
+    tokens: list[_Token], i: int, j: int, line_chars: int, max_weight: float, max_ms: float
+) -> float:
     """Characters the cue from token `i` should hold; tokens `[i, j)` are what fits in it.
 
     Near the end of the text (the rest fits in a few cues) that is an even share of the rest, so the
@@ -274,7 +328,7 @@ def _even_share(tokens: list[_Token], i: int, j: int, line_chars: int, max_weigh
     while k < len(tokens):
         if count == _EVEN_SHARE_CUES:
             return len(_join(tokens[i:j]))
-        k = _fill(tokens, k, line_chars, max_weight)
+        k = _fill(tokens, k, line_chars, max_weight, max_ms)
         count += 1
     return len(_join(tokens[i:])) / count
 

@@ -24,6 +24,7 @@ from itertools import pairwise
 
 from qasr.errors import UnknownLanguage
 from qasr.text.languages import normalize_code
+from qasr.types import Word as Word  # re-exported: the domain type lives in qasr.types
 
 ALIGNER_LANGUAGES: frozenset[str] = frozenset(
     {"zh", "en", "yue", "fr", "de", "it", "ja", "ko", "pt", "ru", "es"}
@@ -62,19 +63,6 @@ class Unit:
     its whitespace-separated word (`¿`, a quote, a bracket)."""
     end: int
     """One past its last kept character in the original text."""
-
-
-@dataclass(frozen=True)
-class Word:
-    """A displayable word with its time on the original timeline."""
-
-    text: str
-    """The original text of the word with the punctuation that follows it (`Hello,`, `3.5%`)."""
-    start_s: float
-    end_s: float
-    repaired: bool = False
-    """The aligner gave it no time of its own (zero-length or overlapping): its span was derived from
-    its neighbours'."""
 
 
 def aligner_supports(language: str | None) -> bool:

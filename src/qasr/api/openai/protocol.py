@@ -25,6 +25,7 @@ from qasr.api.dashscope.protocol import AsrOptions
 from qasr.errors import InvalidRequest, format_value
 from qasr.text.languages import normalize_code
 from qasr.text.subtitles import to_srt, to_vtt
+from qasr.text.words import aligner_supports
 from qasr.types import Delta, TranscribeOptions, Transcript
 
 M = TypeVar("M", bound=BaseModel)
@@ -309,11 +310,6 @@ def parse_transcription_form(fields: Mapping[str, list[str]]) -> TranscriptionFo
     if not data.get("model"):
         raise InvalidRequest("Missing `model`: use qwen3-asr-flash.", param="model")
     form = _validate(TranscriptionForm, data)
-    if "word" in form.timestamp_granularities:
-        raise InvalidRequest(
-            "Word timestamps are not supported yet; use timestamp_granularities[]=segment.",
-            param="timestamp_granularities",
-        )
     if form.stream and form.response_format not in ("json", "text"):
         raise InvalidRequest(
             "A stream carries text events only: use response_format json or text with stream=true.",
@@ -322,9 +318,19 @@ def parse_transcription_form(fields: Mapping[str, list[str]]) -> TranscriptionFo
     return form
 
 
+def wants_words(form: TranscriptionForm) -> bool:
+    """Word times are asked for: `verbose_json` with the `word` granularity, or subtitles (whose cues
+    then start when their first word is spoken)."""
+    verbose_words = form.response_format == "verbose_json" and "word" in form.timestamp_granularities
+    return verbose_words or form.response_format in ("srt", "vtt")
+
+
 def transcription_options(form: TranscriptionForm) -> TranscribeOptions:
     return TranscribeOptions(
-        language=normalize_code(form.language), context=form.prompt, enable_itn=form.enable_itn
+        language=normalize_code(form.language),
+        context=form.prompt,
+        enable_itn=form.enable_itn,
+        timestamps="word" if wants_words(form) else "segment",
     )
 
 
@@ -352,11 +358,15 @@ def transcription_json(t: Transcript) -> dict[str, Any]:
     }
 
 
-def transcription_verbose(t: Transcript) -> dict[str, Any]:
+def transcription_verbose(t: Transcript, words: bool = False, aligner: bool = False) -> dict[str, Any]:
     """`verbose_json`. `language` is a code (`en`), not OpenAI's name (`english`), as everywhere in
     qasr; null when no speech was heard and none was forced. Segments carry only what the pipeline measures (id, start,
-    end, text): no log-probabilities or compression ratios are made up."""
-    return {
+    end, text): no log-probabilities or compression ratios are made up.
+
+    `words` (the `word` granularity): OpenAI's top-level `words: [{word, start, end}]`, from the segments
+    the forced aligner placed (`aligner`: one is loaded). Where some or all could not be placed, the
+    qasr extension `word_timestamps` says why; their words are left out, never given invented times."""
+    body: dict[str, Any] = {
         "task": "transcribe",
         "language": t.language,
         "duration": round(t.duration_s, 3),
@@ -365,8 +375,36 @@ def transcription_verbose(t: Transcript) -> dict[str, Any]:
             {"id": k, "start": round(s.start_s, 3), "end": round(s.end_s, 3), "text": s.text}
             for k, s in enumerate(t.segments)
         ],
-        "usage": {"type": "duration", "seconds": audio_seconds(t.duration_s)},
     }
+    if words:
+        body["words"] = [
+            {"word": w.text, "start": w.start_s, "end": w.end_s}
+            for s in t.segments
+            if s.word_timing == "word"
+            for w in s.words
+        ]
+        problem = word_timestamps_problem(t, aligner)
+        if problem is not None:
+            body["word_timestamps"] = problem
+    body["usage"] = {"type": "duration", "seconds": audio_seconds(t.duration_s)}
+    return body
+
+
+def word_timestamps_problem(t: Transcript, aligner: bool) -> str | None:
+    """Why some or all segments have segment-level times only; None when every one has word times."""
+    missing = [s for s in t.segments if s.word_timing != "word"]
+    if not missing:
+        return None
+    kind = "partial" if len(missing) < len(t.segments) else "unavailable"
+    if not aligner:
+        return f"{kind}: no forced aligner is loaded (QASR_ALIGNER); segment-level times only"
+    languages = sorted({s.language or "unknown" for s in missing if not aligner_supports(s.language)})
+    if languages:
+        return (
+            f"{kind}: the forced aligner does not cover {', '.join(languages)}; "
+            "segment-level times only for that speech"
+        )
+    return f"{kind}: a segment could not be aligned (longer than the aligner takes); segment-level times"
 
 
 TEXT_FORMATS: dict[str, tuple[Callable[[Transcript], str], str]] = {

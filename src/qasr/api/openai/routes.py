@@ -63,7 +63,9 @@ async def transcriptions(request: Request) -> Response:
 
     `prompt` is used as context. `temperature` is validated (0 to 1) and then not used: decoding is
     always greedy, so the same audio always gives the same text. `timestamp_granularities[]=segment`
-    is accepted (verbose_json always has segments); `word` is refused until word timestamps exist.
+    is accepted (verbose_json always has segments); `word` adds the forced aligner's word times to
+    verbose_json, or says why there are none (issue 14). srt and vtt cues follow word times when the
+    aligner placed them.
     """
     svc = services(request)
     api_key = svc.check_key(request)
@@ -85,7 +87,9 @@ async def transcriptions(request: Request) -> Response:
     if fmt == "json":
         return JSONResponse(protocol.transcription_json(transcript))
     if fmt == "verbose_json":
-        return JSONResponse(protocol.transcription_verbose(transcript))
+        words = "word" in form.timestamp_granularities
+        aligner = svc.runtime.aligner is not None
+        return JSONResponse(protocol.transcription_verbose(transcript, words, aligner))
     render, media_type = protocol.TEXT_FORMATS[fmt]
     return Response(render(transcript), media_type=media_type)
 
