@@ -96,3 +96,24 @@ def test_beyond_the_connection_cap_health_still_answers_and_the_rest_is_refused(
         assert b"" in answers
     with serve_in_thread(settings, engine) as url:  # nothing held: all is normal
         assert httpx.get(url + "/v1/models", timeout=10).status_code == 200
+
+
+def test_a_new_client_over_the_cap_cuts_off_the_slowest_trickler(engine: Qwen3ASREngine) -> None:
+    """Connections that trickle their requests hold the whole cap: a normal client still gets in, by
+    cutting off (408) the one that has been receiving longest."""
+    settings = Settings(
+        model="tiny", warmup=False, vad=False, max_connections=4, health_connections=2, receive_timeout_s=60
+    )
+    with serve_in_thread(settings, engine) as url, _sockets(url, 4) as slow:
+        for sock in slow:
+            sock.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n")  # and never the rest
+        time.sleep(1.5)  # older than the eviction age
+        clients = [httpx.Client(timeout=10) for _ in range(3)]
+        try:
+            for client in clients:  # each new client, kept open, makes room for itself
+                assert client.get(url + "/v1/models").status_code == 200
+        finally:
+            for client in clients:
+                client.close()
+        answers = [_read_all(s, within_s=2) for s in slow]
+        assert sum(a.startswith(b"HTTP/1.1 408 ") for a in answers) == 3  # the three oldest

@@ -8,9 +8,11 @@ runs uvicorn's h11 protocol with these limits (issue 13):
 - a request must arrive whole (headers and body) within `receive_timeout_s` of its first byte, and a
   new connection must start its request within that time; past it the server answers 408 (when no
   response has started) and closes the connection;
-- at most `max_connections` connections are served; beyond that, `health_connections` more may still
-  reach `/health` (load balancers keep working) and get a quick 503 for anything else; beyond both,
-  a connection is closed at once.
+- at most `max_connections` connections are served. A new connection over the cap first makes room
+  by cutting off (408) the connection that has spent longest receiving its request, if that has
+  taken over `_EVICT_AFTER_S`: clients that trickle their requests cannot lock normal ones out.
+  With nothing to evict, `health_connections` more may still reach `/health` (load balancers keep
+  working) and get a quick 503 for anything else; beyond both, a connection is closed at once.
 
 And it stops gracefully (issue 17, `QasrServer`): on SIGTERM (or Ctrl-C) it keeps listening but takes
 nothing new (503 with `Retry-After`; `/health/ready` says draining), lets requests in flight finish
@@ -35,6 +37,9 @@ from qasr.settings import Settings
 
 log = logging.getLogger(__name__)
 _WAITING_FOR_REQUEST = (h11.IDLE, h11.SEND_BODY)
+_EVICT_AFTER_S = 1.0
+"""A request still arriving after this long may be cut off to make room for a new connection: a
+client on a working network sends its head and a small body in well under a second."""
 _AFTER_DRAIN_S = 1
 """After the drain: how long uvicorn's own shutdown waits before it cancels what is left."""
 _HEAD_END = b"\r\n\r\n"
@@ -76,6 +81,18 @@ class ConnectionLimits:
 def protocol_class(limits: ConnectionLimits) -> type[H11Protocol]:
     """uvicorn's h11 protocol with `limits` enforced per connection."""
 
+    receiving: dict[H11Protocol, float] = {}  # connections receiving a request -> since when
+
+    def evict_slowest() -> bool:
+        """Cut off the connection that has been receiving its request longest, if long enough."""
+        if not receiving:
+            return False
+        slowest, since = min(receiving.items(), key=lambda item: item[1])
+        if time.monotonic() - since < _EVICT_AFTER_S:
+            return False
+        slowest._too_slow()  # type: ignore[attr-defined]
+        return True
+
     class GuardedH11Protocol(H11Protocol):
         _receive_timer: asyncio.TimerHandle | None = None
         _head_bytes = 0  # bytes of the current request's head received so far
@@ -84,6 +101,8 @@ def protocol_class(limits: ConnectionLimits) -> type[H11Protocol]:
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             open_now = len(self.connections)
+            if open_now > limits.max_connections and evict_slowest():
+                open_now -= 1
             if open_now > limits.max_connections + limits.health_connections:
                 transport.abort()  # refused at once: it costs nothing more
                 return
@@ -127,14 +146,16 @@ def protocol_class(limits: ConnectionLimits) -> type[H11Protocol]:
         def _start_timer(self) -> None:
             if self._receive_timer is None:
                 self._receive_timer = self.loop.call_later(limits.receive_timeout_s, self._too_slow)
+                receiving[self] = time.monotonic()
 
         def _stop_timer(self) -> None:
+            receiving.pop(self, None)
             if self._receive_timer is not None:
                 self._receive_timer.cancel()
                 self._receive_timer = None
 
         def _too_slow(self) -> None:
-            self._receive_timer = None
+            self._stop_timer()
             if self.transport.is_closing() or self.conn.their_state not in _WAITING_FOR_REQUEST:
                 return
             if self.cycle is None or not self.cycle.response_started:
