@@ -193,27 +193,34 @@ class Transcriber:
                     runner = SegmentRunner(segment, options.enable_itn)
                     if options.timestamps == "word" and self.aligner is not None:
                         runner.align_with(self.aligner, samples)
-                    runner.submit(self.scheduler, request, admission, deadline=self._deadline(admission))
+                    deadline = self._deadline(admission, first=not builder.segments and not in_flight)
+                    runner.submit(self.scheduler, request, admission, deadline=deadline)
                     in_flight.append(runner)
                 if not in_flight:
                     break
-                head = in_flight.pop(0)
+                head = in_flight[0]
                 async for delta in head.deltas(builder):
                     yield delta
+                in_flight.pop(0)  # only once its text is out: a cancellation meanwhile must reach it
                 if progress is not None:
                     progress(len(builder.segments), head.segment.end_s)
         finally:
+            # Cancelled (the client left) or failed: every segment not finished leaves the queue, the
+            # one being read included, so none of them reaches the model (issue 13).
             for runner in in_flight:
                 runner.cancel()
             for runner in in_flight:
                 with contextlib.suppress(BaseException):
                     await runner.task  # type: ignore[misc]
 
-    def _deadline(self, admission: Admission) -> float | None:
+    def _deadline(self, admission: Admission, first: bool) -> float | None:
+        """When a segment must have reached the model. The first segment's clock starts when the
+        request was admitted, so reading, decoding and segmenting count too; later segments of a long
+        file get the same time from their own submission."""
         wait_s = self.options.max_queue_wait_s
         if wait_s is None or admission.priority is not Priority.INTERACTIVE:
             return None
-        return time.monotonic() + wait_s
+        return (admission.created if first else time.monotonic()) + wait_s
 
 
 class _SegmentFeed:

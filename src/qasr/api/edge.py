@@ -196,18 +196,18 @@ async def bounded_stream(items: AsyncGenerator[T, None], limit_s: float) -> Asyn
     limit as a plain request. (A client that disconnects cancels the stream: Starlette's
     `StreamingResponse` watches for it.) `items` is closed however this ends."""
     deadline = time.monotonic() + limit_s
-    timeout = RequestTimeout(f"The request took longer than {limit_s:.0f} s and was stopped.")
+    message = f"The request took longer than {limit_s:.0f} s and was stopped."
     try:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise timeout
+                raise RequestTimeout(message)
             try:
                 item = await asyncio.wait_for(items.__anext__(), remaining)
             except StopAsyncIteration:
                 return
             except TimeoutError:
-                raise timeout from None
+                raise RequestTimeout(message) from None
             yield item
     finally:
         await items.aclose()

@@ -35,6 +35,8 @@ MAX_CONTEXT_TOKENS = 10_000
 MAX_CONTEXT_CHARS = 16 * MAX_CONTEXT_TOKENS
 """No tokenizer of this family packs 16 characters into every token of a context: longer is refused
 without tokenizing it."""
+_CONTEXT_SLICE_CHARS = 8192
+"""Tokenized a slice at a time; a slice boundary may split a token, which moves the count by one."""
 
 # qwen3-asr-flash, its dated snapshots and the US-region names (spec section 7).
 _CLOUD_NAMES = re.compile(r"^qwen3-asr-flash(-\d{4}-\d{2}-\d{2})?(-us)?$")
@@ -109,18 +111,26 @@ class Services:
     async def check_context(self, context: str) -> None:
         """The cloud accepts up to 10 000 tokens of context (spec section 7). A context of up to that
         many characters cannot be longer (a token is at least one character) and one of over 16 times
-        as many characters is refused unread; only the rest is tokenized, off the event loop."""
+        as many characters is refused unread; only the rest is tokenized, off the event loop, in
+        slices that stop once the limit is passed (bounded memory)."""
         if len(context) <= MAX_CONTEXT_TOKENS:
             return
-        too_long = InvalidRequest(
-            f"The context (system message) is longer than {MAX_CONTEXT_TOKENS} tokens; shorten it.",
-            param="input.messages",
-        )
-        if len(context) > MAX_CONTEXT_CHARS:
-            raise too_long
-        tokens = await asyncio.to_thread(self.runtime.engine.count_text_tokens, context)
-        if tokens > MAX_CONTEXT_TOKENS:
-            raise too_long
+        # A new exception at each raise: one kept in a local would tie this frame (and the request's
+        # body) into a reference cycle that only the garbage collector frees (issue 13, memory).
+        if len(context) > MAX_CONTEXT_CHARS or await asyncio.to_thread(self._over_token_limit, context):
+            raise InvalidRequest(
+                f"The context (system message) is longer than {MAX_CONTEXT_TOKENS} tokens; shorten it.",
+                param="input.messages",
+            )
+
+    def _over_token_limit(self, context: str) -> bool:
+        count = self.runtime.engine.count_text_tokens
+        tokens = 0
+        for start in range(0, len(context), _CONTEXT_SLICE_CHARS):
+            tokens += count(context[start : start + _CONTEXT_SLICE_CHARS])
+            if tokens > MAX_CONTEXT_TOKENS:
+                return True
+        return False
 
     def stream(self, items: AsyncGenerator[T, None]) -> AsyncIterator[T]:
         """A pipeline stream under the request time limit (see `qasr.api.edge.bounded_stream`)."""

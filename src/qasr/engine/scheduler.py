@@ -480,6 +480,8 @@ class Admission:
     ) -> None:
         self._scheduler = scheduler
         self.priority = priority
+        self.created = time.monotonic()
+        """When the request was let in (time.monotonic): its queue time is counted from here."""
         self._arriving = True
         self._lock = threading.Lock()
 
