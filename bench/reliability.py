@@ -262,7 +262,9 @@ def serve(model_dir: Path, work_dir: Path, settings: dict[str, str], args: Seque
     """`python -m qasr serve` on a free loopback port with `settings` as QASR_* variables."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("QASR_")}
-    env.update({"QASR_DTYPE": "float32", "QASR_WARMUP": "false", **settings})
+    # Its data (the upload store) in the run's own directory, never the user's home.
+    data_dir = str(work_dir / f"data-{port}")
+    env.update({"QASR_DTYPE": "float32", "QASR_WARMUP": "false", "QASR_DATA_DIR": data_dir, **settings})
     cmd = [sys.executable, "-m", "qasr", "serve", "--model", str(model_dir), "--port", str(port), *args]
     log_path = work_dir / f"serve-{port}.log"
     with log_path.open("wb") as log:
