@@ -3,6 +3,7 @@ the one table in `qasr.api.errors`; handlers carry no try/except of their own.""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import json
@@ -33,6 +34,10 @@ def request_id(request: Request) -> str:
     return rid
 
 
+_PARSE_ON_LOOP_BYTES = 64 * 1024
+"""JSON bodies up to this size are parsed on the event loop (well under a millisecond)."""
+
+
 async def read_json(request: Request) -> Any:
     """The request body as JSON, or `InvalidRequest` (both dialects answer it in their own shape).
 
@@ -44,8 +49,13 @@ async def read_json(request: Request) -> Any:
     media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
     if media_type != "application/json":
         raise UnsupportedMediaType("Send the request body as JSON, with `Content-Type: application/json`.")
+    body = await request.body()
     try:
-        return json.loads(await request.body())
+        if len(body) <= _PARSE_ON_LOOP_BYTES:
+            return json.loads(body)
+        # A large body (a data URI of megabytes) is parsed off the event loop: /health and every
+        # other request keep being answered meanwhile (issue 13).
+        return await asyncio.to_thread(json.loads, body)
     except RecursionError:
         raise InvalidRequest("The request body is not valid JSON: it is nested too deeply.") from None
     except ValueError:
