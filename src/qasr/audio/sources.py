@@ -92,7 +92,9 @@ async def _fetch_reference(ref: str, policy: SourcePolicy, limits: AudioLimits) 
     if scheme == "":
         return _local_file(Path(ref), policy, limits, shown=ref)
     if scheme == "data":
-        return _data_uri(ref, limits)
+        if len(ref) <= _DECODE_ON_LOOP_CHARS:
+            return _data_uri(ref, limits)
+        return await asyncio.to_thread(_data_uri, ref, limits)  # megabytes of base64: off the loop
     if scheme == "file":
         return _local_file(_file_uri_path(ref), policy, limits, shown=ref)
     if scheme == "oss":
@@ -116,6 +118,10 @@ def _scheme(ref: str) -> str:
 
 
 # --- data: URIs ------------------------------------------------------------------------------------
+
+
+_DECODE_ON_LOOP_CHARS = 64 * 1024
+"""Data URIs up to this size are decoded on the event loop; larger ones in a thread (issue 13)."""
 
 
 def _data_uri(ref: str, limits: AudioLimits) -> bytes:
