@@ -4,16 +4,24 @@ generous upper bounds on how long a refusal may take."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import socket
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
 
 import httpx
 
 from qasr.engine.qwen3 import Qwen3ASREngine
 from qasr.settings import Settings
 from tests.api.inprocess import serve_in_thread
+from tests.helpers import EngineWrapper, synthesize
+
+GENERATION = "/api/v1/services/aigc/multimodal-generation/generation"
 
 
 def _connect(url: str) -> socket.socket:
@@ -77,15 +85,39 @@ def test_oversized_headers_are_refused(engine: Qwen3ASREngine) -> None:
         assert ok.status_code == 200
 
 
+class _Gated(EngineWrapper):
+    def __init__(self, inner: Qwen3ASREngine) -> None:
+        super().__init__(inner)
+        self.gate = threading.Event()
+        self.received = 0
+
+    def run(self, jobs: Any) -> Any:
+        self.received += len(jobs)
+        self.gate.wait(timeout=60)
+        return self.inner.run(jobs)
+
+
 def test_beyond_the_connection_cap_health_still_answers_and_the_rest_is_refused(
-    engine: Qwen3ASREngine,
+    engine: Qwen3ASREngine, tmp_path: Path
 ) -> None:
+    """The cap is held by requests that arrived whole and wait for the model (nothing to cut off):
+    one more connection may still reach /health, anything else there gets 503, and past the
+    reserve a connection is closed at once."""
+    clip = synthesize("Held.", tmp_path / "held.wav")
+    body = {
+        "model": "qwen3-asr-flash",
+        "input": {"messages": [{"role": "user", "content": [{"audio": _data_uri(clip)}]}]},
+    }
+    gated = _Gated(engine)
     settings = Settings(
-        model="tiny", warmup=False, vad=False, max_connections=4, health_connections=2, receive_timeout_s=60
+        model="tiny", warmup=False, vad=False, max_connections=4, health_connections=2, max_batch_size=8
     )
-    with serve_in_thread(settings, engine) as url, _sockets(url, 4) as idle:
-        assert len(idle) == 4  # the cap is taken by connections that send nothing
-        time.sleep(0.2)  # let the server see them all
+    with serve_in_thread(settings, gated) as url, ThreadPoolExecutor(4) as pool:
+        held = [pool.submit(httpx.post, url + GENERATION, json=body, timeout=60) for _ in range(4)]
+        deadline = time.monotonic() + 30
+        while gated.received + httpx.get(url + "/health", timeout=10).json()["queue"] < 4:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
         with httpx.Client(timeout=10) as extra:  # the 5th: only /health
             assert extra.get(url + "/health").status_code == 200
         with httpx.Client(timeout=10) as extra:
@@ -94,8 +126,13 @@ def test_beyond_the_connection_cap_health_still_answers_and_the_rest_is_refused(
         with _sockets(url, 3) as more:  # past cap + reserve: closed at once, unanswered
             answers = [_read_all(s, within_s=10) for s in more]
         assert b"" in answers
-    with serve_in_thread(settings, engine) as url:  # nothing held: all is normal
-        assert httpx.get(url + "/v1/models", timeout=10).status_code == 200
+        gated.gate.set()
+        assert [f.result().status_code for f in held] == [200] * 4
+        assert httpx.get(url + "/v1/models", timeout=10).status_code == 200  # nothing held: normal
+
+
+def _data_uri(path: Path) -> str:
+    return "data:audio/wav;base64," + base64.b64encode(path.read_bytes()).decode()
 
 
 def test_a_new_client_over_the_cap_cuts_off_the_slowest_trickler(engine: Qwen3ASREngine) -> None:
@@ -107,7 +144,7 @@ def test_a_new_client_over_the_cap_cuts_off_the_slowest_trickler(engine: Qwen3AS
     with serve_in_thread(settings, engine) as url, _sockets(url, 4) as slow:
         for sock in slow:
             sock.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n")  # and never the rest
-        time.sleep(1.5)  # older than the eviction age
+        time.sleep(0.5)  # trickling (no byte since) for longer than the slow-eviction age
         clients = [httpx.Client(timeout=10) for _ in range(3)]
         try:
             for client in clients:  # each new client, kept open, makes room for itself

@@ -9,8 +9,9 @@ runs uvicorn's h11 protocol with these limits (issue 13):
   new connection must start its request within that time; past it the server answers 408 (when no
   response has started) and closes the connection;
 - at most `max_connections` connections are served. A new connection over the cap first makes room
-  by cutting off (408) the connection that has spent longest receiving its request, if that has
-  taken over `_EVICT_AFTER_S`: clients that trickle their requests cannot lock normal ones out.
+  by cutting off (408) the slowest connection still receiving its request: one that has been at it
+  for `_EVICT_AFTER_S`, or for `_EVICT_SLOW_AFTER_S` at under `_SLOW_BYTES_PER_S`. Clients that
+  trickle their requests cannot lock normal ones out.
   With nothing to evict, `health_connections` more may still reach `/health` (load balancers keep
   working) and get a quick 503 for anything else; beyond both, a connection is closed at once.
 
@@ -40,6 +41,9 @@ _WAITING_FOR_REQUEST = (h11.IDLE, h11.SEND_BODY)
 _EVICT_AFTER_S = 1.0
 """A request still arriving after this long may be cut off to make room for a new connection: a
 client on a working network sends its head and a small body in well under a second."""
+_EVICT_SLOW_AFTER_S = 0.25
+_SLOW_BYTES_PER_S = 16 * 1024
+"""...and one arriving slower than this (a trickle, not an upload) already after `_EVICT_SLOW_AFTER_S`."""
 _AFTER_DRAIN_S = 1
 """After the drain: how long uvicorn's own shutdown waits before it cancels what is left."""
 _HEAD_END = b"\r\n\r\n"
@@ -81,15 +85,20 @@ class ConnectionLimits:
 def protocol_class(limits: ConnectionLimits) -> type[H11Protocol]:
     """uvicorn's h11 protocol with `limits` enforced per connection."""
 
-    receiving: dict[H11Protocol, float] = {}  # connections receiving a request -> since when
+    receiving: dict[H11Protocol, list[float]] = {}  # receiving a request -> [since, bytes so far]
 
     def evict_slowest() -> bool:
-        """Cut off the connection that has been receiving its request longest, if long enough."""
-        if not receiving:
+        """Cut off the slowest connection still receiving its request, if it may be (module docstring)."""
+        now = time.monotonic()
+        candidates = []
+        for protocol, (since, received) in receiving.items():
+            age = now - since
+            rate = received / age if age > 0 else float("inf")
+            if age >= _EVICT_AFTER_S or (age >= _EVICT_SLOW_AFTER_S and rate < _SLOW_BYTES_PER_S):
+                candidates.append((rate, since, protocol))
+        if not candidates:
             return False
-        slowest, since = min(receiving.items(), key=lambda item: item[1])
-        if time.monotonic() - since < _EVICT_AFTER_S:
-            return False
+        _, _, slowest = min(candidates, key=lambda c: (c[0], c[1]))
         slowest._too_slow()  # type: ignore[attr-defined]
         return True
 
@@ -119,6 +128,7 @@ def protocol_class(limits: ConnectionLimits) -> type[H11Protocol]:
             super().data_received(data)
             if self.conn.their_state in _WAITING_FOR_REQUEST and not self.transport.is_closing():
                 self._start_timer()  # a (new) request is on its way: it must arrive in time
+                receiving[self][1] += len(data)
             else:
                 self._stop_timer()
 
@@ -146,7 +156,7 @@ def protocol_class(limits: ConnectionLimits) -> type[H11Protocol]:
         def _start_timer(self) -> None:
             if self._receive_timer is None:
                 self._receive_timer = self.loop.call_later(limits.receive_timeout_s, self._too_slow)
-                receiving[self] = time.monotonic()
+                receiving[self] = [time.monotonic(), 0.0]
 
         def _stop_timer(self) -> None:
             receiving.pop(self, None)
