@@ -110,12 +110,17 @@ def test_beyond_the_connection_cap_health_still_answers_and_the_rest_is_refused(
     }
     gated = _Gated(engine)
     settings = Settings(
-        model="tiny", warmup=False, vad=False, max_connections=4, health_connections=2, max_batch_size=8
+        model="tiny", warmup=False, vad=False, max_connections=5, health_connections=2, max_batch_size=8
     )
-    with serve_in_thread(settings, gated) as url, ThreadPoolExecutor(4) as pool:
+    with (
+        serve_in_thread(settings, gated) as url,
+        ThreadPoolExecutor(4) as pool,
+        httpx.Client(timeout=10) as watcher,  # one kept-alive connection of the five, opened first
+    ):
+        assert watcher.get(url + "/health").status_code == 200
         held = [pool.submit(httpx.post, url + GENERATION, json=body, timeout=60) for _ in range(4)]
         deadline = time.monotonic() + 30
-        while gated.received + httpx.get(url + "/health", timeout=10).json()["queue"] < 4:
+        while gated.received + watcher.get(url + "/health").json()["queue"] < 4:
             assert time.monotonic() < deadline
             time.sleep(0.05)
         with httpx.Client(timeout=10) as extra:  # the 5th: only /health

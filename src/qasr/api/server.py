@@ -110,8 +110,8 @@ def protocol_class(limits: ConnectionLimits) -> type[H11Protocol]:
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             open_now = len(self.connections)
-            if open_now > limits.max_connections and evict_slowest():
-                open_now -= 1
+            while open_now > limits.max_connections and evict_slowest():
+                open_now -= 1  # (closed connections leave `self.connections` a moment later)
             if open_now > limits.max_connections + limits.health_connections:
                 transport.abort()  # refused at once: it costs nothing more
                 return
