@@ -29,9 +29,12 @@ install: $(BIN)/python
 install-test: $(BIN)/python
 	scripts/install-torch.sh $(BIN)/pip $(TORCH_VERSION) $(TORCH_INDEX)
 	$(BIN)/pip install -q -c $(LOCK) --no-build-isolation -e ".[test]"
-# dashscope 1.24.6 for tests/api/test_dashscope_e2e.py, once, without its dependencies (2.0.2's serve)
-	test -d $(VENV)/sdk/dashscope-1.24.6/dashscope || \
-		$(BIN)/pip install -q --no-deps --target $(VENV)/sdk/dashscope-1.24.6 -r requirements/sdk-1.24.6.txt
+# Older SDKs for the end-to-end tests, once each, without their dependencies (2.0.2's serve):
+# 1.24.6 (sync and realtime APIs) and 1.25.2, the oldest 1.x with dashscope.audio.qwen_asr (filetrans)
+	for v in 1.24.6 1.25.2; do \
+		test -d $(VENV)/sdk/dashscope-$$v/dashscope || \
+		$(BIN)/pip install -q --no-deps --target $(VENV)/sdk/dashscope-$$v -r requirements/sdk-$$v.txt || exit 1; \
+	done
 
 serve: install
 	$(BIN)/qasr serve $(ARGS)
