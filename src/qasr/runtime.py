@@ -34,6 +34,7 @@ from qasr.types import TranscribeOptions, Transcript
 
 if TYPE_CHECKING:
     from qasr.engine.aligner import AlignRequest, AlignResult
+    from qasr.live import LiveRecognizer
     from qasr.timestamps import AlignScheduler
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,8 @@ class Runtime:
     """The temporary-upload store of the DashScope SDK's local-file flow (server only)."""
     aligner: AlignScheduler | None = None
     """The forced aligner's scheduler, for word timestamps; None when `settings.aligner` is `none`."""
+    live: LiveRecognizer | None = None
+    """Live (realtime WebSocket) recognition of utterances through `scheduler` (server only)."""
     _closed: bool = field(default=False, repr=False)
 
     # --- building --------------------------------------------------------------------------------------
@@ -92,12 +95,13 @@ class Runtime:
             options = pipeline_options(settings, server=server)
             transcriber = Transcriber(scheduler, vad, options, aligner=aligner)
             uploads = UploadStore.from_settings(settings) if server else None
+            live = build_live(scheduler, vad) if server else None
         except BaseException:
             scheduler.close()
             if aligner is not None:
                 aligner.close()
             raise
-        return cls(settings, model, scheduler, transcriber, metrics, uploads, aligner)
+        return cls(settings, model, scheduler, transcriber, metrics, uploads, aligner, live)
 
     @classmethod
     def open(cls, model: str | None = None, **settings: Any) -> Runtime:
@@ -200,6 +204,13 @@ def load_aligner_engine(settings: Settings) -> ModelWork[AlignRequest, AlignResu
     if settings.warmup:
         aligner.warmup()
     return aligner
+
+
+def build_live(scheduler: AsrScheduler, vad: VoiceActivityDetector | None) -> LiveRecognizer:
+    """The live recognizer (issue 16): its steps go through the recognizer's scheduler."""
+    from qasr.live import LiveRecognizer
+
+    return LiveRecognizer(scheduler, vad)
 
 
 def describe_aligner(metrics: Metrics, aligner: object) -> None:

@@ -81,6 +81,9 @@ class EngineRequest:
     """Transcript text the assistant turn is forced to start with; the model continues it (live
     decoding reuses the text it has settled, docs/spec/realtime.md). Needs `language`: the header
     `language X<asr_text>` is written before it. The result's text includes it; deltas do not."""
+    max_new_tokens: int | None = None
+    """A tighter cap on the tokens generated for this request than the engine's length-based budget
+    (live partial steps decode only a few tokens past their prefix); None: the engine's budget."""
 
 
 @dataclass(frozen=True)

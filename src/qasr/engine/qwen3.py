@@ -172,6 +172,13 @@ class Qwen3ASREngine:
         budget = self.options.base_new_tokens + math.ceil(seconds * self.options.new_tokens_per_s)
         return max(self.options.min_new_tokens, min(self.options.max_new_tokens_cap, budget))
 
+    def request_budget(self, request: EngineRequest) -> int:
+        """`token_budget` for the request's audio, or the request's own tighter cap."""
+        budget = self.token_budget(len(request.samples))
+        if request.max_new_tokens is not None:
+            budget = max(1, min(budget, request.max_new_tokens))
+        return budget
+
     def run(self, jobs: Sequence[Job[EngineRequest]]) -> list[EngineResult]:
         if not jobs:
             return []
@@ -193,7 +200,7 @@ class Qwen3ASREngine:
         from transformers import StaticCache, StoppingCriteriaList
 
         tracker = _RowTracker(self, jobs)
-        budgets = [self.token_budget(len(job.request.samples)) for job in jobs]
+        budgets = [self.request_budget(job.request) for job in jobs]
         tracker.budgets = budgets
         max_new = max(budgets)
         cache = StaticCache(config=self.model.config, max_cache_len=inputs["input_ids"].shape[1] + max_new)

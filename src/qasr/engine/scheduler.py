@@ -5,7 +5,8 @@ work. Requests from any number of coroutines wait in per-priority queues; a sing
 builds each batch and runs the engine, and deltas flow back to each request's event loop as the model
 writes them.
 
-Priorities (`Priority`): live-session steps first (small and latency-bound), then interactive API
+Priorities (`Priority`): final results of live utterances first, then live-session partial steps
+(small and latency-bound; a person is waiting for both), then interactive API
 requests, then background jobs. A batch is drawn from the most urgent class that has work, so a
 background submission delays an interactive one by at most the batch already running. Starvation is
 bounded: a request that has waited longer than `max_starvation_s` is served next whatever its class.
@@ -51,8 +52,11 @@ Res_co = TypeVar("Res_co", covariant=True)
 class Priority(enum.IntEnum):
     """Scheduling classes, most urgent first."""
 
+    LIVE_FINAL = -1
+    """The final decode of a live utterance: the result a person waits for after they stop speaking,
+    so it goes before the partial steps of every session (issue 16)."""
     LIVE = 0
-    """Steps of live (WebSocket) sessions: small, and a person is waiting for each."""
+    """Partial steps of live (WebSocket) sessions: small, and a person is waiting for each."""
     INTERACTIVE = 1
     """Synchronous API requests and the CLI."""
     BACKGROUND = 2
@@ -204,7 +208,7 @@ class Scheduler(Generic[Req, Res]):
         if priority is Priority.BACKGROUND:
             classes = [Priority.BACKGROUND]
         else:
-            classes = [Priority.LIVE, Priority.INTERACTIVE]
+            classes = [Priority.LIVE_FINAL, Priority.LIVE, Priority.INTERACTIVE]
         return sum(len(self._waiting[c]) + self._arriving[c] for c in classes)
 
     def _bound(self, priority: Priority) -> int:

@@ -1,0 +1,210 @@
+"""The live recognizer on the tiny random model, through the real scheduler and engine: silence,
+coalescing, settled text, independence of utterances, finals before partials, close."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from qasr.audio.decode import decode_audio
+from qasr.audio.vad import VoiceActivityDetector
+from qasr.engine.base import Job
+from qasr.engine.qwen3 import Qwen3ASREngine
+from qasr.engine.scheduler import Scheduler
+from qasr.live import LiveConfig, LiveOptions, LiveRecognizer, Partial
+from qasr.types import SAMPLE_RATE, EngineRequest, EngineResult
+from tests.helpers import EngineWrapper, synthesize
+
+
+class _Watching(EngineWrapper):
+    """The real engine; records each request and can hold batches until released."""
+
+    def __init__(self, inner: Qwen3ASREngine) -> None:
+        super().__init__(inner)
+        self.requests: list[EngineRequest] = []
+        self.batches: list[list[EngineRequest]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+
+    def run(self, jobs: Sequence[Job[Any]]) -> Any:
+        self.entered.set()
+        self.gate.wait(30)
+        batch = [job.request for job in jobs]
+        self.batches.append(batch)
+        self.requests.extend(batch)
+        return self.inner.run(jobs)
+
+
+@pytest.fixture(scope="module")
+def vad() -> VoiceActivityDetector:
+    return VoiceActivityDetector()
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
+    """About 3 s of espeak-ng speech at 16 kHz."""
+    path = synthesize(
+        "the quick brown fox jumps over the lazy dog near the river bank",
+        tmp_path_factory.mktemp("live") / "speech.wav",
+    )
+    return decode_audio(Path(path)).samples
+
+
+Live = tuple[LiveRecognizer, _Watching]
+
+
+@pytest.fixture
+def live(engine: Qwen3ASREngine, vad: VoiceActivityDetector) -> Live:
+    """A recognizer over a scheduler that is started inside each test's event loop (`_run`)."""
+    watching = _Watching(engine)
+    scheduler: Scheduler[EngineRequest, EngineResult] = Scheduler(watching)  # type: ignore[arg-type]
+    return LiveRecognizer(scheduler, vad, LiveConfig(min_settle_s=0.5, step_tokens=8)), watching
+
+
+def _run(live: Live, body: Callable[[LiveRecognizer, _Watching], Awaitable[None]]) -> None:
+    recognizer, watching = live
+
+    async def main() -> None:
+        recognizer.scheduler.start()
+        try:
+            await body(recognizer, watching)
+        finally:
+            recognizer.scheduler.close()
+
+    asyncio.run(main())
+
+
+def _chunks(samples: np.ndarray, seconds: float) -> list[np.ndarray]:
+    step = int(seconds * SAMPLE_RATE)
+    return [samples[i : i + step] for i in range(0, len(samples), step)]
+
+
+def test_silence_gives_no_text_and_never_reaches_the_model(live: Live) -> None:
+    async def body(recognizer: LiveRecognizer, watching: _Watching) -> None:
+        utterance = recognizer.utterance(LiveOptions())
+        utterance.append(np.zeros(SAMPLE_RATE * 3, dtype=np.float32))
+        assert await utterance.partial() == Partial("", "", None)
+        final = await utterance.final()
+        assert final.transcript == ""
+        assert watching.requests == []
+
+    _run(live, body)
+
+
+def test_partial_steps_decode_only_a_few_tokens_and_settled_text_only_grows(
+    live: Live, speech: np.ndarray
+) -> None:
+    async def body(recognizer: LiveRecognizer, watching: _Watching) -> None:
+        utterance = recognizer.utterance(LiveOptions(language="en"))
+        texts: list[str] = []
+        for chunk in _chunks(speech, 0.5):
+            utterance.append(chunk)
+            partial = await utterance.partial()
+            assert partial is not None
+            assert partial.language == "en"
+            texts.append(partial.text)
+        assert await utterance.partial() is None  # nothing new since the last step
+        for before, after in itertools.pairwise(texts):
+            assert after.startswith(before)
+        assert texts[-1], "random weights write text up to the cap, so something must have settled"
+        assert all(r.max_new_tokens == 8 for r in watching.requests)
+        # Each step forces what was settled before it (steps before any speech never reach the model).
+        before = ["", *texts[:-1]]
+        assert [r.prefix for r in watching.requests] == before[-len(watching.requests) :]
+
+    _run(live, body)
+
+
+def test_final_is_one_full_decode_without_prefix(
+    live: Live, speech: np.ndarray, engine: Qwen3ASREngine
+) -> None:
+    async def body(recognizer: LiveRecognizer, watching: _Watching) -> None:
+        utterance = recognizer.utterance(LiveOptions(language="en", context="fox"))
+        for chunk in _chunks(speech, 1.0):
+            utterance.append(chunk)
+            await utterance.partial()
+        final = await utterance.final()
+        last = watching.requests[-1]
+        assert last.prefix == "" and last.max_new_tokens is None
+        assert len(last.samples) == len(speech)
+        offline = engine.transcribe([EngineRequest(speech.astype(np.float32), "fox", "en")])[0]
+        assert final.transcript == offline.text
+        assert final.language == "en"
+        assert await utterance.partial() is None  # no partials after the final
+
+    _run(live, body)
+
+
+def test_utterances_share_nothing(live: Live, speech: np.ndarray) -> None:
+    async def body(recognizer: LiveRecognizer, watching: _Watching) -> None:
+        first = recognizer.utterance(LiveOptions(language="en"))
+        for chunk in _chunks(speech, 1.0):
+            first.append(chunk)
+            await first.partial()
+        await first.final()
+        watching.requests.clear()
+        second = recognizer.utterance(LiveOptions(language="en"))
+        second.append(speech[:SAMPLE_RATE])
+        partial = await second.partial()
+        assert partial is not None
+        assert watching.requests[0].prefix == ""  # nothing of the first utterance is forced
+        assert len(watching.requests[0].samples) == SAMPLE_RATE
+
+    _run(live, body)
+
+
+def test_steps_coalesce_while_one_is_in_flight(live: Live, speech: np.ndarray) -> None:
+    async def body(recognizer: LiveRecognizer, watching: _Watching) -> None:
+        utterance = recognizer.utterance(LiveOptions(language="en"))
+        utterance.append(speech[:SAMPLE_RATE])
+        watching.gate.clear()
+        watching.entered.clear()
+        first = asyncio.ensure_future(utterance.partial())
+        await asyncio.to_thread(watching.entered.wait, 30)  # the first step is on the model
+        same = asyncio.ensure_future(utterance.partial())  # no new audio: shares the step in flight
+        await asyncio.sleep(0)  # let it ask before more audio arrives
+        utterance.append(speech[SAMPLE_RATE : 2 * SAMPLE_RATE])
+        later = [asyncio.ensure_future(utterance.partial()) for _ in range(5)]  # one follow-up for all
+        await asyncio.sleep(0)
+        watching.gate.set()
+        results = await asyncio.gather(first, same, *later)
+        assert results[0] == results[1]
+        assert all(r == results[2] for r in results[2:])
+        assert [len(r.samples) for r in watching.requests] == [SAMPLE_RATE, 2 * SAMPLE_RATE]
+
+    _run(live, body)
+
+
+def test_close_cancels_the_pending_step_and_frees_audio(live: Live, speech: np.ndarray) -> None:
+    async def body(recognizer: LiveRecognizer, watching: _Watching) -> None:
+        utterance = recognizer.utterance(LiveOptions(language="en"))
+        utterance.append(speech[:SAMPLE_RATE])
+        watching.gate.clear()
+        watching.entered.clear()
+        blocker = recognizer.utterance(LiveOptions(language="en"))
+        blocker.append(speech[:SAMPLE_RATE])
+        running = asyncio.ensure_future(blocker.partial())
+        await asyncio.to_thread(watching.entered.wait, 30)
+        queued = asyncio.ensure_future(utterance.partial())
+        while recognizer.scheduler.queue_depth < 1:
+            await asyncio.sleep(0.01)
+        utterance.close()
+        utterance.close()  # idempotent
+        assert await queued is None
+        assert recognizer.scheduler.queue_depth == 0  # the queued step left the queue
+        assert utterance.duration_s == 0.0
+        watching.gate.set()
+        assert await running is not None
+        assert await utterance.partial() is None
+        assert (await utterance.final()).transcript == ""
+        assert len(watching.requests) == 1
+
+    _run(live, body)
