@@ -150,6 +150,12 @@ _SERVE_OPTIONS = (
     _Option("--log-format", "log_format"),
     _Option("--data-dir", "data_dir"),
     _Option("--upload-dir", "upload_dir"),
+    _Option("--jobs-dir", "jobs_dir"),
+    _Option("--jobs-concurrency", "jobs_concurrency"),
+    _Option("--jobs-retention-s", "jobs_retention_s"),
+    _Option("--jobs-max-tasks", "jobs_max_tasks"),
+    _Option("--jobs-max-audio-s", "jobs_max_audio_s"),
+    _Option("--jobs-max-audio-bytes", "jobs_max_audio_bytes"),
 )
 _FLAGS = {o.name: o.flag for o in (*_SERVE_OPTIONS, *_MODEL_OPTIONS)}
 """Settings field -> its option, to name both in a validation error."""

@@ -80,6 +80,9 @@ class Metrics:
             registry=r,
         )
         self.draining = Gauge("qasr_draining", "1 while the server drains before it stops.", registry=r)
+        self.jobs = Gauge(
+            "qasr_jobs", "Async file jobs in the task store, by status (issue 15).", ["status"], registry=r
+        )
         self.rejected = Counter(
             "qasr_rejected",
             "Requests refused for load (429) or dropped past their queue deadline, by priority class.",

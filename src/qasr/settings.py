@@ -186,6 +186,33 @@ class Settings(BaseSettings):
     vad: bool = True
     """Voice-activity detection: silence is never sent to the model. Off: fixed windows, no gating."""
 
+    # --- async file jobs (the filetrans API, issue 15) -----------------------------------------------
+    jobs_dir: Path | None = None
+    """Where async file jobs live (the SQLite task store `tasks.sqlite3`, result documents, the
+    result-URL signing key, inputs being worked on); None: `<data_dir>/jobs`. Tasks survive a restart."""
+    jobs_concurrency: int = 1
+    """Jobs transcribed at once; the rest wait in submission order. 1 suits a CPU (a job already keeps
+    the model busy); raise it on a GPU, where batches of several jobs cost little more than one."""
+    jobs_segments_in_flight: int = 2
+    """Segments of one job queued for the model at once. Low, so a job's batch (which an interactive
+    request may have to wait for) stays small; bench/filetrans.py measures the effect."""
+    jobs_retention_s: float = 24 * 3600.0
+    """How long a finished task and its result are kept (the cloud keeps them 24 hours)."""
+    jobs_max_tasks: int = 10_000
+    """Most tasks stored, of all statuses and callers; beyond it a submit is refused (429) until old
+    tasks expire."""
+    jobs_max_tasks_per_key: int = 1_000
+    """Most tasks one API key may have stored (without API keys, all callers share `jobs_max_tasks`)."""
+    jobs_max_audio_s: float = 12 * 3600.0
+    """Longest recording a job accepts (the cloud's 12 hours)."""
+    jobs_max_audio_bytes: int = 2 * 1024**3
+    """Largest input file a job accepts (the cloud's 2 GB); downloads stream to disk, never memory."""
+    jobs_download_timeout_s: float = 3600.0
+    """Limit for a job's whole download (a 2 GB file takes minutes)."""
+    jobs_result_url_ttl_s: float = 24 * 3600.0
+    """How long a result URL works after the task is polled (the cloud's last 24 hours); it never
+    outlives the result itself."""
+
     @field_validator("api_keys", "allow_url_hosts", mode="before")
     @classmethod
     def _lists(cls, value: object) -> object:

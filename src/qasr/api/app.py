@@ -15,6 +15,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from qasr.api.dashscope.filetrans import router as filetrans_router
+from qasr.api.dashscope.filetrans import start_jobs, stop_jobs
 from qasr.api.dashscope.routes import router as dashscope_router
 from qasr.api.edge import AccessLog, Drain, Message, Receive, Scope, Send, refuse_websocket
 from qasr.api.health import router as health_router
@@ -59,6 +61,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             cleaner = getattr(app.state, "cleaner", None)
             if cleaner is not None:
                 cleaner.cancel()
+            await stop_jobs(app)  # before the runtime closes: running jobs stay RUNNING, to resume
             if app.state.services is not None:
                 app.state.services.runtime.close()
 
@@ -73,6 +76,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.add_middleware(AccessLog, metrics=metrics, drain=drain)  # outermost: ids and counts for all
     app.include_router(health_router)
     app.include_router(dashscope_router)
+    app.include_router(filetrans_router)
     app.include_router(openai_router)
     _install_error_handlers(app)
     return app
@@ -91,6 +95,7 @@ def _started(app: FastAPI, task: asyncio.Future[Runtime]) -> None:
     app.state.services = Services(runtime)
     assert runtime.uploads is not None
     app.state.cleaner = asyncio.ensure_future(_clean_uploads(runtime.uploads))
+    app.state.jobs_starting = asyncio.ensure_future(start_jobs(app, runtime))
     log.info("ready: %s", ", ".join(f"{k}={v}" for k, v in runtime.engine.describe().items()))
 
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from qasr.errors import (
     AudioDecodeError,
+    AudioError,
     AudioTooLarge,
     AudioTooLong,
     EmptyAudio,
@@ -94,9 +95,16 @@ class AudioStream:
     declared_duration_s: float | None
     """Duration the container declares (may be an estimate), or None when it declares none."""
 
-    def __init__(self, data: bytes | Path, limits: AudioLimits = NO_LIMITS) -> None:
+    def __init__(
+        self, data: bytes | Path, limits: AudioLimits = NO_LIMITS, *, channel: int | None = None
+    ) -> None:
+        """`channel`: decode only that channel (0-based) of a multi-channel input (the async file API's
+        `channel_id`); None: the average of all channels. A channel the input lacks is `AudioError`."""
         _refuse_on_event_loop("AudioStream")
+        if channel is not None and channel < 0:
+            raise ValueError(f"channel must be 0 or more, got {channel}")
         self._limits = limits
+        self._channel = channel
         self._decoded = 0
         self._started = False
         self._closed = False
@@ -183,7 +191,7 @@ class AudioStream:
         if self._started:
             raise RuntimeError("an AudioStream can be read only once")
         self._started = True
-        resampler = _Resampler()
+        resampler = _Resampler(self._channel)
         bad_packets = 0
         for frame in self._frames():
             if frame is None:
@@ -247,7 +255,9 @@ class _Resampler:
     """PyAV's `AudioResampler` to 16 kHz mono float32, rebuilt when the input format changes mid-stream
     (chained Ogg streams and some broadcasts switch sample rate or channels; one resampler cannot)."""
 
-    def __init__(self) -> None:
+    def __init__(self, channel: int | None = None) -> None:
+        self._channel = channel
+        """Keep only this channel of every frame (before resampling); None: downmix them all."""
         self._resampler: av.AudioResampler | None = None
         self._source: tuple[str, str, int] | None = None
         self._averaging = False
@@ -259,6 +269,8 @@ class _Resampler:
                 f"The audio's sample rate of {frame.sample_rate} Hz is not one qasr can read "
                 f"(at most {MAX_SAMPLE_RATE_HZ} Hz); the file's header is damaged or forged."
             )
+        if self._channel is not None:
+            frame = _select(frame, self._channel)
         source = (frame.format.name, frame.layout.name, frame.sample_rate)
         resampler = self._resampler
         if resampler is None or source != self._source:
@@ -306,6 +318,23 @@ def _average(frame: av.AudioFrame) -> av.AudioFrame:
     averaged = av.AudioFrame.from_ndarray(np.ascontiguousarray(mono[None, :]), format="flt", layout="mono")
     averaged.sample_rate = frame.sample_rate
     return averaged
+
+
+def _select(frame: av.AudioFrame, channel: int) -> av.AudioFrame:
+    """One channel of `frame` as a float32 mono frame."""
+    channels = frame.layout.nb_channels
+    if channel >= channels:
+        raise AudioError(
+            f"The audio has {channels} channel{'s' if channels != 1 else ''}; there is no channel "
+            f"{channel} (channel ids start at 0)."
+        )
+    samples = frame.to_ndarray()
+    if not frame.format.is_planar:  # packed: one row of interleaved samples
+        samples = samples.reshape(-1, channels).T
+    picked = np.ascontiguousarray(_full_scale(samples[channel : channel + 1]))
+    mono = av.AudioFrame.from_ndarray(picked, format="flt", layout="mono")
+    mono.sample_rate = frame.sample_rate
+    return mono
 
 
 def _full_scale(samples: np.ndarray) -> np.ndarray:
