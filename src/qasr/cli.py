@@ -272,14 +272,16 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         print(f"qasr: {problem}", file=sys.stderr)
         return 2
     from qasr.engine.threads import in_passing_thread
-    from qasr.runtime import load_engine
+    from qasr.runtime import load_aligner_engine, load_engine
 
     # Load before the server starts: a model that cannot be had is one clear line and exit code 2,
     # not a traceback inside uvicorn's start-up. In a thread that ends: see qasr.engine.threads.
+    # The aligner first: the smaller load, so a bad --aligner is found before the model's minutes.
+    aligner = in_passing_thread(lambda: load_aligner_engine(settings)) if settings.aligner != "none" else None
     engine = in_passing_thread(lambda: load_engine(settings))
     # After the load: a model that cannot be had stays one line on stderr.
     log.info("settings: %s", json.dumps(settings.effective(), ensure_ascii=False))
-    serve(create_app(settings, engine), settings)
+    serve(create_app(settings, engine, aligner), settings)
     return 0
 
 

@@ -75,10 +75,12 @@ class Runtime:
         Blocking (seconds to minutes with a real model): from async code, run it in a thread. `server`
         adds what only the HTTP server needs (the upload store, queue deadlines). `metrics`: where the
         counters go (the app creates them first, so its edge can count requests); new ones if None.
-        `aligner_engine`: a forced aligner to use instead of loading `settings.aligner` (tests)."""
-        model = engine if engine is not None else in_passing_thread(lambda: load_engine(settings))
+        `aligner_engine`: a forced aligner to use instead of loading `settings.aligner` (tests; `qasr serve`
+        loads it before it listens)."""
+        # The aligner first: the smaller load, so a bad --aligner is found before the model's minutes.
         if aligner_engine is None and settings.aligner != "none":
             aligner_engine = in_passing_thread(lambda: load_aligner_engine(settings))
+        model = engine if engine is not None else in_passing_thread(lambda: load_engine(settings))
         if settings.warmup:
             warm_up_text(settings)
         metrics = metrics or Metrics()

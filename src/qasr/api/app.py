@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -25,18 +25,27 @@ from qasr.api.routing import dashscope_error, openai_error
 from qasr.api.services import Services
 from qasr.audio.uploads import UploadStore
 from qasr.engine.base import Engine
+from qasr.engine.scheduler import ModelWork
 from qasr.errors import AudioTooLarge, EndpointNotFound, InvalidRequest, MethodNotAllowed
 from qasr.metrics import Metrics
 from qasr.runtime import Runtime
 from qasr.settings import Settings
+
+if TYPE_CHECKING:
+    from qasr.engine.aligner import AlignRequest, AlignResult
 
 log = logging.getLogger(__name__)
 _UPLOAD_CLEANUP_S = 600.0
 _SHOWN_PATH_CHARS = 100  # an error message quotes at most this much of the request's path
 
 
-def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
-    """Build the service. `engine` is loaded from `settings` at start-up unless one is given.
+def create_app(
+    settings: Settings,
+    engine: Engine | None = None,
+    aligner: ModelWork[AlignRequest, AlignResult] | None = None,
+) -> FastAPI:
+    """Build the service. `engine` (and `aligner`, the forced aligner) are loaded from `settings` at
+    start-up unless given (`qasr serve` loads both first, so that a bad one is refused before it listens).
 
     The runtime is built in the background: the server answers at once, `/health/ready` says 503
     ("loading") until the model is loaded and warmed up, and API requests meanwhile get 503 with
@@ -48,7 +57,9 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Off the loop: loading and warming up a real model takes seconds to minutes.
         building = asyncio.ensure_future(
-            asyncio.to_thread(Runtime.build, settings, engine, server=True, metrics=metrics)
+            asyncio.to_thread(
+                Runtime.build, settings, engine, server=True, metrics=metrics, aligner_engine=aligner
+            )
         )
         building.add_done_callback(lambda task: _started(app, task))
         try:

@@ -90,12 +90,28 @@ def translate_aligner_config(config: dict[str, Any]) -> dict[str, Any]:
 def load_aligner(model: str, device: str = "auto", dtype: str = "auto") -> LoadedAligner:
     """Resolve (directory, hub id or `modelscope:<id>`), load and check a forced aligner; raise
     `ModelLoadError` with one clear sentence."""
-    path = resolve_model_dir(model)
-    dev = pick_device(device)
-    torch_dtype = pick_dtype(dtype, dev)
-    config = _read_config(path)
+    try:
+        path, config = check_aligner(model)
+        dev = pick_device(device)
+        torch_dtype = pick_dtype(dtype, dev)
+        return _load_checked(path, config, dev, torch_dtype)
+    except ModelLoadError as exc:
+        if "\n" not in exc.message:
+            raise
+        # One line: the CLI prints it as the whole report (libraries' messages span several).
+        raise ModelLoadError(" ".join(exc.message.split())) from exc
+    except Exception as exc:  # a broken checkpoint fails in many libraries' types; one sentence here
+        detail = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise ModelLoadError(
+            f"Could not load the forced aligner {model} ({type(exc).__name__}: {detail}); "
+            "the checkpoint is incomplete or damaged (--aligner / QASR_ALIGNER)."
+        ) from exc
+
+
+def _load_checked(
+    path: Path, config: dict[str, Any], dev: torch.device, torch_dtype: torch.dtype
+) -> LoadedAligner:
     original = "thinker_config" in config
-    _check_is_aligner(path, config, original)
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -117,6 +133,31 @@ def load_aligner(model: str, device: str = "auto", dtype: str = "auto") -> Loade
     segment_ms = float(getattr(processor, "timestamp_segment_time", None) or DEFAULT_SEGMENT_MS)
     log.info("loaded aligner %s (%s layout) on %s as %s", path, layout, dev, torch_dtype)
     return LoadedAligner(net, processor, dev, torch_dtype, path, layout, timestamp_id, segment_ms)
+
+
+def check_aligner(model: str) -> tuple[Path, dict[str, Any]]:
+    """The checks that need no weights (seconds, not a load): `model` resolves to a directory whose
+    config is a forced aligner with 5000 labels. Returns the directory and its config."""
+    path = resolve_aligner_dir(model)
+    config = _read_config(path)
+    _check_is_aligner(path, config, "thinker_config" in config)
+    return path, config
+
+
+def resolve_aligner_dir(model: str) -> Path:
+    """`qasr.engine.loading.resolve_model_dir`, with errors that name the aligner's option (a message
+    telling the user to fix `--model` would send them to the wrong one)."""
+    try:
+        return resolve_model_dir(model)
+    except ModelLoadError as exc:
+        message = exc.message.replace("--model DIR", "--aligner DIR").replace(
+            "--model needs", "--aligner needs"
+        )
+        if message.startswith("Model "):
+            message = "Aligner " + message.removeprefix("Model ")
+        raise ModelLoadError(
+            f"{message.rstrip('.')} (--aligner / QASR_ALIGNER; `none` turns word timestamps off)."
+        ) from exc
 
 
 def _read_config(path: Path) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from qasr.engine.testing import (
     REAL_SPECIAL_IDS,
     FileLayout,
     IdLayout,
+    ModelDims,
     _config_dict,
     _save_original_layout,
     build_tokenizer,
@@ -35,6 +36,14 @@ ALIGNER_LABELS = 5000
 """The aligner's classes: class x 80 ms = time (docs/spec/aligner.md)."""
 REAL_ALIGNER_VOCAB_SIZE = 152064
 """The published aligner's embedding rows (more than the ASR model's 151936)."""
+
+ALIGNER_DIMS: dict[str, ModelDims] = {
+    "tiny": DIMS["tiny"],
+    # The published aligner (docs/DESIGN.md, "Dims"): the 1.7B model's audio encoder, the 0.6B text
+    # model, untied (the head is the 5000-way classifier, not the embeddings).
+    "0.6B": ModelDims(24, 1024, 16, 4096, 480, 28, 1024, 16, 8, 128, 3072, tie_embeddings=False),
+}
+"""Sizes `build_aligner_checkpoint` can build: tiny for tests, the real one for benchmarks."""
 
 _TINY_CLASSES = 100
 """Classes a tiny random head may pick (8 s): the rows above are zeroed, so a random model's times
@@ -59,10 +68,13 @@ def build_aligner_checkpoint(
     ids: IdLayout = "compact",
     seed: int = 0,
     num_labels: int = ALIGNER_LABELS,
+    size: str = "tiny",
+    dtype: torch.dtype = torch.float32,
 ) -> Path:
-    """Write a tiny random-weight forced aligner to `out_dir` and return the path.
+    """Write a random-weight forced aligner to `out_dir` and return the path.
 
-    `num_labels` other than 5000 builds a checkpoint the loader must refuse."""
+    `num_labels` other than 5000 builds a checkpoint the loader must refuse. `size="0.6B"` builds the
+    published shapes (benchmarks: the real FLOPs and bytes), saved as `dtype`."""
     from transformers import (
         Qwen3ASRConfig,
         Qwen3ASRFeatureExtractor,
@@ -82,11 +94,13 @@ def build_aligner_checkpoint(
         "token_classification_bias": False,
         "architectures": ["Qwen3ASRForTokenClassification"],
     }
-    config = Qwen3ASRConfig(**_config_dict(DIMS["tiny"], vocab_size, token_ids), **head)
+    config = Qwen3ASRConfig(**_config_dict(ALIGNER_DIMS[size], vocab_size, token_ids), **head)
     torch.manual_seed(seed)
     model: Any = Qwen3ASRForTokenClassification(config).eval()
-    with torch.no_grad():
-        model.score.weight[_TINY_CLASSES:] = 0.0
+    if size == "tiny":
+        with torch.no_grad():
+            model.score.weight[_TINY_CLASSES:] = 0.0
+    model = model.to(dtype)
     processor = Qwen3ASRProcessor(
         feature_extractor=Qwen3ASRFeatureExtractor(),
         tokenizer=tokenizer,
