@@ -84,6 +84,9 @@ class EngineRequest:
     max_new_tokens: int | None = None
     """A tighter cap on the tokens generated for this request than the engine's length-based budget
     (live partial steps decode only a few tokens past their prefix); None: the engine's budget."""
+    encoder_cache: object | None = None
+    """A live utterance's engine-specific cache of encoder outputs (`Qwen3ASREngine.new_window_cache`):
+    the engine encodes only the audio after what it holds, and adds completed windows to it."""
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from qasr.audio.decode import decode_audio
 from qasr.audio.vad import VoiceActivityDetector
@@ -66,7 +67,8 @@ def live(engine: Qwen3ASREngine, vad: VoiceActivityDetector) -> Live:
     """A recognizer over a scheduler that is started inside each test's event loop (`_run`)."""
     watching = _Watching(engine)
     scheduler: Scheduler[EngineRequest, EngineResult] = Scheduler(watching)  # type: ignore[arg-type]
-    return LiveRecognizer(scheduler, vad, LiveConfig(min_settle_s=0.5, step_tokens=8)), watching
+    config = LiveConfig(min_settle_s=0.5, step_tokens=8)
+    return LiveRecognizer(scheduler, vad, config, encoder_cache=engine.new_window_cache), watching
 
 
 def _run(live: Live, body: Callable[[LiveRecognizer, _Watching], Awaitable[None]]) -> None:
@@ -208,3 +210,115 @@ def test_close_cancels_the_pending_step_and_frees_audio(live: Live, speech: np.n
         assert len(watching.requests) == 1
 
     _run(live, body)
+
+
+def test_cached_windows_give_the_full_encode(engine: Qwen3ASREngine, speech: np.ndarray) -> None:
+    """Encoding only the open window after the cached ones gives the embeddings of one encode of the
+    whole clip. Tolerance 1e-5 (float32): the only difference allowed is the log-mel floor (the
+    clip's maximum minus 8), which moves if louder audio arrives after a window was cached; this
+    repeated clip reaches its maximum in the first second, so here they agree to rounding."""
+    audio = np.tile(speech, 6)[: 21 * SAMPLE_RATE].astype(np.float32)
+    cache = engine.new_window_cache()
+    with torch.inference_mode():
+        for seconds in (3.0, 8.5, 12.0, 17.0, 21.0):
+            clip = engine.prepare(EngineRequest(audio[: int(seconds * SAMPLE_RATE)]))
+            cached = engine.audio_embeddings([clip], [cache])[0]
+        whole = engine.prepare(EngineRequest(audio))
+        full = engine.model.get_audio_features(
+            torch.from_numpy(whole.features[None]), torch.from_numpy(whole.features_mask[None])
+        ).pooler_output
+    assert cache.windows == 2
+    assert cached.shape == full.shape
+    assert torch.allclose(cached, full, atol=1e-5, rtol=0)
+
+
+def test_each_step_encodes_only_the_open_window(
+    live: Live, engine: Qwen3ASREngine, speech: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 20 s utterance stepped every second: no step encodes more than one window of mel frames plus
+    the second appended since the last step (a window is cached at the first step after it is
+    complete), and a step's output equals decoding the same request without the cache."""
+    encoded: list[int] = []
+    original = engine.model.get_audio_features
+
+    def spy(features: torch.Tensor, mask: torch.Tensor, **kw: Any) -> Any:
+        encoded.extend(int(n) for n in mask.sum(dim=1))
+        return original(features, mask, **kw)
+
+    monkeypatch.setattr(engine.model, "get_audio_features", spy)
+    audio = np.tile(speech, 6)[: 20 * SAMPLE_RATE]
+
+    async def body(recognizer: LiveRecognizer, watching: _Watching) -> None:
+        utterance = recognizer.utterance(LiveOptions(language="en"))
+        partial = None
+        for chunk in _chunks(audio, 1.0):
+            utterance.append(chunk)
+            partial = await utterance.partial()
+        assert partial is not None
+        steps = [r for r in watching.requests if r.encoder_cache is not None]
+        assert len(steps) == 20
+        assert max(encoded) <= 800 + 100
+        assert steps[-1].encoder_cache.windows == 2  # type: ignore[attr-defined]
+        last = steps[-1]
+        uncached = engine.transcribe(
+            [EngineRequest(last.samples, last.context, last.language, last.prefix, last.max_new_tokens)]
+        )[0]
+        final = await utterance.final()
+        assert watching.requests[-1].encoder_cache is None  # the final decodes afresh, as offline
+        assert final.transcript == engine.transcribe([EngineRequest(audio, "", "en")])[0].text
+        assert partial.text + partial.stash == uncached.text
+
+    _run(live, body)
+
+
+def test_finals_go_before_partial_steps(live: Live, speech: np.ndarray) -> None:
+    async def body(recognizer: LiveRecognizer, watching: _Watching) -> None:
+        blocker, stepping, ending = (recognizer.utterance(LiveOptions(language="en")) for _ in range(3))
+        for utterance in (blocker, stepping, ending):
+            utterance.append(speech[: 2 * SAMPLE_RATE])
+        watching.gate.clear()
+        watching.entered.clear()
+        running = asyncio.ensure_future(blocker.partial())
+        await asyncio.to_thread(watching.entered.wait, 30)
+        partial = asyncio.ensure_future(stepping.partial())
+        while recognizer.scheduler.queue_depth < 1:
+            await asyncio.sleep(0.01)
+        final = asyncio.ensure_future(ending.final())
+        while recognizer.scheduler.queue_depth < 2:
+            await asyncio.sleep(0.01)
+        watching.gate.set()
+        await asyncio.gather(running, partial, final)
+        order = [[r.max_new_tokens for r in batch] for batch in watching.batches]
+        assert order == [[8], [None], [8]]  # the blocker, then the final, then the partial step
+
+    _run(live, body)
+
+
+def test_a_full_live_queue_refuses_steps(engine: Qwen3ASREngine, speech: np.ndarray) -> None:
+    from qasr.engine.scheduler import SchedulerPolicy
+    from qasr.errors import Overloaded
+
+    async def main() -> None:
+        watching = _Watching(engine)
+        scheduler: Scheduler[EngineRequest, EngineResult] = Scheduler(watching, SchedulerPolicy(max_queue=1))  # type: ignore[arg-type]
+        scheduler.start()
+        try:
+            recognizer = LiveRecognizer(scheduler, None)
+            utterances = [recognizer.utterance(LiveOptions(language="en")) for _ in range(3)]
+            for utterance in utterances:
+                utterance.append(speech[:SAMPLE_RATE])
+            watching.gate.clear()
+            watching.entered.clear()
+            running = asyncio.ensure_future(utterances[0].partial())
+            await asyncio.to_thread(watching.entered.wait, 30)
+            queued = asyncio.ensure_future(utterances[1].partial())
+            while scheduler.queue_depth < 1:
+                await asyncio.sleep(0.01)
+            with pytest.raises(Overloaded):
+                await utterances[2].partial()
+            watching.gate.set()
+            await asyncio.gather(running, queued)
+        finally:
+            scheduler.close()
+
+    asyncio.run(main())

@@ -186,7 +186,77 @@ class Qwen3ASREngine:
             job.prepared if isinstance(job.prepared, PreparedClip) else self.prepare(job.request)
             for job in jobs
         ]
+        live = [i for i, job in enumerate(jobs) if isinstance(job.request.encoder_cache, WindowCache)]
+        if not live:
+            return self.generate(self.collate(clips), jobs)
+        # Live steps with cached encoder windows run as their own batch (`run_cached`); a batch mixes
+        # them with other requests only when a starved request joins live ones, so this is rare.
+        results: list[EngineResult | None] = [None] * len(jobs)
+        plain = [i for i in range(len(jobs)) if i not in live]
+        for group, run in ((plain, self._run_plain), (live, self.run_cached)):
+            if group:
+                for i, result in zip(
+                    group, run([clips[i] for i in group], [jobs[i] for i in group]), strict=True
+                ):
+                    results[i] = result
+        return [r for r in results if r is not None]
+
+    def _run_plain(
+        self, clips: Sequence[PreparedClip], jobs: Sequence[Job[EngineRequest]]
+    ) -> list[EngineResult]:
         return self.generate(self.collate(clips), jobs)
+
+    # --- live steps: cached encoder windows (docs/spec/realtime.md Part 2) ---------------------------
+
+    def new_window_cache(self) -> WindowCache:
+        """An empty per-utterance cache for `EngineRequest.encoder_cache`."""
+        return WindowCache(int(self.model.config.audio_config.n_window_infer))
+
+    def run_cached(
+        self, clips: Sequence[PreparedClip], jobs: Sequence[Job[EngineRequest]]
+    ) -> list[EngineResult]:
+        """A batch of requests that carry a `WindowCache`: the audio tower encodes only each one's
+        open window (the audio after its cached, completed windows) in one call for the batch; the
+        decoder gets the prompt as `inputs_embeds` with cached and new audio embeddings in place."""
+        caches = [job.request.encoder_cache for job in jobs]
+        inputs = self.collate(clips)
+        with self._lock, torch.inference_mode():
+            audio = self.audio_embeddings(clips, caches)  # type: ignore[arg-type]
+            ids = inputs["input_ids"]
+            embeds = self.model.get_input_embeddings()(ids)
+            positions = ids == self._audio_pad_id
+            for row, rows_audio in enumerate(audio):
+                embeds[row, positions[row]] = rows_audio.to(embeds.dtype)
+        model_inputs = {"input_ids": ids, "attention_mask": inputs["attention_mask"], "inputs_embeds": embeds}
+        return self.generate(model_inputs, jobs)
+
+    def audio_embeddings(
+        self, clips: Sequence[PreparedClip], caches: Sequence[WindowCache]
+    ) -> list[torch.Tensor]:
+        """Each clip's projected audio embeddings `[tokens, D]`: its cache's completed windows, then a
+        fresh encode of the rest (one audio-tower call for the batch). Windows that are complete now
+        are added to the caches. Call with the model lock held, in inference mode."""
+        slices, masks = [], []
+        for clip, cache in zip(clips, caches, strict=True):
+            slices.append(clip.features[:, cache.frames :])
+            masks.append(clip.features_mask[cache.frames :])
+        frames = max(1, max(f.shape[1] for f in slices))
+        frames = -(-frames // 100) * 100
+        features = np.zeros((len(slices), slices[0].shape[0], frames), dtype=np.float32)
+        mask = np.zeros((len(slices), frames), dtype=np.int64)
+        for row, (f, m) in enumerate(zip(slices, masks, strict=True)):
+            features[row, :, : f.shape[1]] = f
+            mask[row, : m.shape[0]] = m
+        counts = [audio_token_count(int(m.sum())) for m in masks]
+        device = self.loaded.device
+        packed = self.model.get_audio_features(
+            torch.from_numpy(features).to(device, self.loaded.dtype), torch.from_numpy(mask).to(device)
+        ).pooler_output
+        out = []
+        for new, clip, cache in zip(torch.split(packed, counts), clips, caches, strict=True):
+            out.append(torch.cat([*cache.embeds, new]) if cache.embeds else new)
+            cache.keep_complete(new, int(clip.features_mask.sum()))
+        return out
 
     def generate(self, inputs: Any, jobs: Sequence[Job[EngineRequest]]) -> list[EngineResult]:
         """Run generate on prepared inputs; the tracker does all per-row work as tokens arrive.
@@ -259,6 +329,40 @@ class Qwen3ASREngine:
         ids = [eos] if isinstance(eos, int) else list(eos or [])
         ids += [self.tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
         return sorted({int(i) for i in ids if i is not None})
+
+
+class WindowCache:
+    """One live utterance's encoder outputs for its completed 8 s windows.
+
+    The audio tower's attention runs within windows of `n_window_infer` mel frames (8 s) counted from
+    the start of the audio, and its convolutions within 1 s chunks, so once a window's frames are all
+    known its outputs never change however much audio follows (docs/spec/realtime.md Part 2): each
+    live step encodes only the open window. Used by the model thread only."""
+
+    _FINAL_MARGIN_FRAMES = 2
+    """The last mel frames of a clip see the STFT's end padding and change when audio follows."""
+
+    def __init__(self, window_frames: int) -> None:
+        self.window_frames = window_frames
+        self.window_tokens = audio_token_count(window_frames)
+        self.frames = 0
+        """Mel frames covered by the cached windows (a multiple of `window_frames`)."""
+        self.embeds: list[torch.Tensor] = []
+        """Projected audio embeddings, one `[window_tokens, D]` tensor per cached window."""
+
+    def keep_complete(self, new: torch.Tensor, valid_frames: int) -> None:
+        """Cache the windows of `new` (the embeddings encoded from `frames` on) that are complete
+        in a clip of `valid_frames` mel frames."""
+        complete = max(0, valid_frames - self._FINAL_MARGIN_FRAMES) // self.window_frames
+        start = self.frames // self.window_frames
+        for k in range(complete - start):
+            block = new[k * self.window_tokens : (k + 1) * self.window_tokens]
+            self.embeds.append(block.clone())
+            self.frames += self.window_frames
+
+    @property
+    def windows(self) -> int:
+        return len(self.embeds)
 
 
 class _RowTracker:

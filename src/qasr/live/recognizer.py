@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -99,11 +100,15 @@ class LiveRecognizer:
         scheduler: Scheduler[EngineRequest, EngineResult],
         vad: VoiceActivityDetector | None = None,
         config: LiveConfig | None = None,
+        encoder_cache: Callable[[], object] | None = None,
     ) -> None:
-        """`vad`: gates silence (None: every utterance goes to the model, as with `--no-vad`)."""
+        """`vad`: gates silence (None: every utterance goes to the model, as with `--no-vad`).
+        `encoder_cache`: makes the engine's per-utterance encoder cache (`EngineRequest.encoder_cache`,
+        e.g. `Qwen3ASREngine.new_window_cache`); None: each step encodes all the utterance's audio."""
         self.scheduler = scheduler
         self.vad = vad
         self.config = config or LiveConfig()
+        self.encoder_cache = encoder_cache
 
     @property
     def max_utterance_s(self) -> float:
@@ -138,6 +143,7 @@ class Utterance:
         self._closed = False
         self._finished = False
         self._speech = _SpeechGate(recognizer.vad, self._config)
+        self._encoder_cache = recognizer.encoder_cache() if recognizer.encoder_cache is not None else None
 
     # --- audio -----------------------------------------------------------------------------------------
 
@@ -229,6 +235,7 @@ class Utterance:
             language,
             prefix,
             max_new_tokens=self._config.step_tokens,
+            encoder_cache=self._encoder_cache,
         )
         result = await self._recognizer.scheduler.submit(request, priority=Priority.LIVE)
         if self._closed or self._finished:
@@ -250,6 +257,7 @@ class Utterance:
             return Final("", self.options.language)
         self._finished = True
         self._cancel_steps()
+        self._encoder_cache = None  # the final encodes the whole utterance afresh, as offline
         samples = self._audio()
         if not len(samples) or not await self._speech.heard(samples):
             return Final("", self.options.language)
@@ -269,6 +277,7 @@ class Utterance:
         self._chunks = []
         self._samples = np.zeros(0, dtype=np.float32)
         self._count = 0
+        self._encoder_cache = None
         self._speech.close()
 
     def _cancel_steps(self) -> None:
