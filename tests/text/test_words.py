@@ -9,7 +9,16 @@ from itertools import pairwise
 
 import pytest
 
-from qasr.text.words import Unit, Word, aligner_supports, units_for, words_from
+from qasr.text.words import (
+    SENTENCE_PAUSE_S,
+    Unit,
+    Word,
+    aligner_supports,
+    ends_sentence,
+    sentences_from,
+    units_for,
+    words_from,
+)
 
 _TEXTS = [
     ("Hello, world! It's 3.5% of e-mail.", "en"),
@@ -198,3 +207,78 @@ def test_repaired_words_are_ordered_and_inside_the_bounds() -> None:
         for word, (start, end) in zip(words, spans, strict=True):
             if not word.repaired:
                 assert (word.start_s, word.end_s) == (round(start, 3), round(end, 3)), seed
+
+
+# --- sentences ------------------------------------------------------------------------------------
+
+
+def test_sentences_end_at_sentence_punctuation_with_the_original_text() -> None:
+    text = 'Hello, world! It is 3.5% of the U.S. budget in 2024. "Really?" he said; fine'
+    sentences = sentences_from(text, _words(text))
+    assert [s.text for s in sentences] == [
+        "Hello, world!",
+        "It is 3.5% of the U.S. budget in 2024.",
+        '"Really?"',
+        "he said;",
+        "fine",
+    ]
+    for s in sentences:
+        assert (s.start_s, s.end_s) == (s.words[0].start_s, s.words[-1].end_s)
+
+
+def test_chinese_sentences_keep_their_punctuation_and_no_spaces() -> None:
+    text = "你好，世界。今天天气很好！还有呢"
+    assert [s.text for s in sentences_from(text, _words(text, "zh"))] == [
+        "你好，世界。",
+        "今天天气很好！",
+        "还有呢",
+    ]
+
+
+def test_a_long_pause_ends_a_sentence() -> None:
+    text = "one two three four"
+    gap = SENTENCE_PAUSE_S
+    spans = [(0.0, 0.4), (0.5, 0.9), (0.9 + gap, 1.3 + gap), (1.3 + gap + gap * 0.99, 2.0 + 2 * gap)]
+    words = words_from(text, units_for(text), spans)
+    assert [s.text for s in sentences_from(text, words)] == ["one two", "three four"]
+    assert [s.text for s in sentences_from(text, words, max_pause_s=0.05)] == ["one", "two", "three", "four"]
+    with pytest.raises(ValueError, match="positive"):
+        sentences_from(text, words, max_pause_s=0)
+
+
+@pytest.mark.parametrize(
+    ("word", "ends"),
+    [
+        ("end.", True),
+        ("2024.", True),
+        ("end...", True),
+        ("why?)", True),
+        ("好。」", True),
+        ("wait…", True),
+        ("U.S.", False),
+        ("e.g.", False),
+        ("3.5", False),
+        ("Hello,", False),
+        ('"', False),
+    ],
+)
+def test_what_ends_a_sentence(word: str, ends: bool) -> None:
+    assert ends_sentence(word) is ends
+
+
+@pytest.mark.parametrize(("text", "language"), _TEXTS)
+def test_sentences_partition_the_words(text: str, language: str) -> None:
+    rng = random.Random(text)
+    units = units_for(text, language)
+    times = sorted(rng.uniform(0, 5) for _ in range(2 * len(units)))
+    words = words_from(text, units, [(times[2 * i], times[2 * i + 1]) for i in range(len(units))])
+    sentences = sentences_from(text, words, max_pause_s=0.3)
+    assert [w for s in sentences for w in s.words] == words
+    assert all(s.words and (s.start_s, s.end_s) == (s.words[0].start_s, s.words[-1].end_s) for s in sentences)
+    assert "".join("".join(s.text.split()) for s in sentences) == "".join(text.split())
+
+
+def test_sentences_need_the_text_their_words_came_from() -> None:
+    assert sentences_from("", []) == []
+    with pytest.raises(ValueError, match="not in the text"):
+        sentences_from("other words", _words("Hello there"))

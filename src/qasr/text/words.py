@@ -7,7 +7,8 @@ ideograph its own unit, and a clean step that keeps only letters, digits and the
 ORIGINAL text, because the cleaned form cannot be shown. `words_from` turns the aligner's spans into
 words whose text is the original from the unit's start up to the next unit's start, so punctuation
 stays attached (`Hello,`, `3.5%`), and repairs zero-length and overlapping spans against their
-neighbours, marking the words it changed.
+neighbours, marking the words it changed. `sentences_from` groups timed words into sentences, cut at
+sentence punctuation and at long pauses, each spanning its words (the async file API's `sentences`).
 
 Japanese and Korean: the toolkit splits Japanese with `nagisa` and Korean with `soynlp` (optional
 dependencies). When they are installed they are used here too; without them, Japanese kana and kanji
@@ -31,6 +32,15 @@ ALIGNER_LANGUAGES: frozenset[str] = frozenset(
 )
 """Codes of the 11 languages Qwen3-ForcedAligner covers; the other 19 the ASR model knows need a
 fallback (segment-level times, marked as such), never the aligner's guess."""
+
+SENTENCE_PAUSE_S = 1.0
+"""A silence at least this long between two words ends a sentence, punctuation or not."""
+_SENTENCE_ENDS = "。！？!?；;…"
+"""Sentence punctuation (docs/spec/aligner.md, "What peers do"); `.` is guarded (`ends_sentence`)."""
+_EPSILON_S = 1e-6
+"""Times are rounded to the millisecond: a pause of exactly `max_pause_s` must not miss by a float's last bit."""
+_CLOSERS = "\"'”’»)]}）」』》〉】"
+"""Closing quotes and brackets that may follow a sentence's punctuation."""
 
 _NOMINAL_WORD_S = 0.25
 """Time a repaired zero-length word may take from an empty gap beside it (a short word's length)."""
@@ -178,6 +188,19 @@ def _units_from_words(text: str, words: Sequence[str]) -> list[Unit] | None:
     return units
 
 
+@dataclass(frozen=True)
+class Sentence:
+    """Consecutive timed words of one segment, cut at sentence punctuation or a long pause."""
+
+    text: str
+    """The original text from its first word to its last, as written (spacing and punctuation kept)."""
+    start_s: float
+    """Its first word's start."""
+    end_s: float
+    """Its last word's end."""
+    words: tuple[Word, ...]
+
+
 # --- aligned units back to words -----------------------------------------------------------------
 
 
@@ -272,3 +295,59 @@ class _Repair:
             self.starts[i], self.ends[i] = at, end
             self.changed[i] = True
             at = end
+
+
+# --- words into sentences ------------------------------------------------------------------------
+
+
+def sentences_from(
+    text: str, words: Sequence[Word], *, max_pause_s: float = SENTENCE_PAUSE_S
+) -> list[Sentence]:
+    """`words` (as `words_from(text, ...)` made them) grouped into sentences, in order: a sentence ends
+    at a word that ends one (`ends_sentence`) or before a silence of at least `max_pause_s` between two
+    words. Every word is in exactly one sentence."""
+    if not max_pause_s > 0:
+        raise ValueError(f"max_pause_s must be positive, got {max_pause_s}.")
+    places = _places(text, words)
+    sentences: list[Sentence] = []
+    first = 0
+    for i, word in enumerate(words):
+        last = i + 1 == len(words)
+        if last or ends_sentence(word.text) or words[i + 1].start_s - word.end_s >= max_pause_s - _EPSILON_S:
+            group = tuple(words[first : i + 1])
+            shown = text[places[first][0] : places[i][1]]
+            sentences.append(Sentence(shown, group[0].start_s, group[-1].end_s, group))
+            first = i + 1
+    return sentences
+
+
+def ends_sentence(word: str) -> bool:
+    """Whether a displayed word ends a sentence: its last character before any closing quote or
+    bracket is sentence punctuation, or a full stop that does not end an abbreviation written with
+    inner dots (`U.S.`, `e.g.`); `3.5` has no final stop, and `in 2024.` ends one."""
+    body = word.rstrip(_CLOSERS)
+    if not body:
+        return False
+    if body[-1] in _SENTENCE_ENDS:
+        return True
+    if body[-1] != ".":
+        return False
+    stem = body.rstrip(".")
+    return not any(
+        stem[k] == "." and stem[k - 1].isalpha() and stem[k + 1].isalpha() for k in range(1, len(stem) - 1)
+    )
+
+
+def _places(text: str, words: Sequence[Word]) -> list[tuple[int, int]]:
+    """Where each word is written in `text`, in order."""
+    places: list[tuple[int, int]] = []
+    cursor = 0
+    for word in words:
+        at = text.find(word.text, cursor)
+        if at < 0:
+            raise ValueError(
+                f"Word {word.text[:40]!r} is not in the text after offset {cursor}: pass the text the words were made from."
+            )
+        cursor = at + len(word.text)
+        places.append((at, cursor))
+    return places
