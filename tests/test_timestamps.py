@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from qasr.text import itn
 from qasr.text.subtitles import parse_srt, to_srt
 from qasr.text.words import units_for
 from qasr.timestamps import written_spans
-from qasr.types import Segment, TranscribeOptions, Transcript
+from qasr.types import Segment, TranscribeOptions, Transcript, Word
 from tests.helpers import EngineWrapper, rigged_checkpoint, two_utterances
 
 TEXT = "Welcome to the speech recognition service."
@@ -128,6 +129,39 @@ def test_cli_json_with_word_timestamps(rigged_dir: Path, tiny_aligner_dir: Path,
         assert [w["text"] for w in seg["words"]] == TEXT.split()
         assert all(set(w) == {"start", "end", "text", "repaired"} for w in seg["words"])
         assert all(seg["start"] <= w["start"] < w["end"] <= seg["end"] + 1e-3 for w in seg["words"])
+
+
+def test_cli_subtitles_follow_the_words_when_an_aligner_is_loaded(
+    rigged_dir: Path, tiny_aligner_dir: Path, two_segments: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from qasr import cli
+
+    def run(*args: str) -> str:
+        argv = ["transcribe", str(two_segments), "--model", str(rigged_dir), "--dtype", "float32"]
+        code = cli.main([*argv, "--aligner", str(tiny_aligner_dir), "--language", "en", *args])
+        out = capsys.readouterr().out
+        assert code == 0, out
+        return out
+
+    body = json.loads(run("--format", "json", "--timestamps", "word"))
+    segments = [
+        Segment(
+            s["start"],
+            s["end"],
+            s["text"],
+            "en",
+            tuple(Word(w["text"], w["start"], w["end"], w["repaired"]) for w in s["words"]),
+            s["word_timing"],
+        )
+        for s in body["segments"]
+    ]
+    by_words, by_segments = (
+        to_srt(segments),
+        to_srt([replace(s, words=(), word_timing="segment") for s in segments]),
+    )
+    assert by_words != by_segments  # the test can tell them apart
+    assert run("--format", "srt").strip() == by_words.strip()  # srt follows the words by default
+    assert run("--format", "srt", "--timestamps", "segment").strip() == by_segments.strip()
 
 
 def test_written_forms_take_the_span_of_the_spoken_words_they_replace() -> None:

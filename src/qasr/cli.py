@@ -198,9 +198,8 @@ def _transcribe_parser(sub: Any) -> None:
     t.add_argument(
         "--timestamps",
         choices=["segment", "word"],
-        default="segment",
-        help="json output: word adds segments[].words[] (needs --aligner; else segment-level, marked) "
-        "[default: segment]",
+        help="word: json output gets segments[].words[], srt and vtt cues start at word times (needs "
+        "--aligner; else segment-level, marked) [default: word for srt and vtt, segment otherwise]",
     )
     for option in _SOURCE_OPTIONS:
         option.add_to(t)
@@ -321,7 +320,8 @@ def _transcribe(settings: Settings, args: argparse.Namespace) -> int:
         language=normalize_code(args.language),
         context=context,
         enable_itn=args.itn,
-        timestamps=args.timestamps,
+        # Subtitles follow the words when an aligner is loaded, as the OpenAI API's srt and vtt do.
+        timestamps=args.timestamps or ("word" if args.format in ("srt", "vtt") else "segment"),
     )
     run = TranscribeRun(args.inputs, options, args.format, Progress(len(args.inputs), sys.stderr))
     try:
