@@ -156,6 +156,11 @@ _SERVE_OPTIONS = (
     _Option("--jobs-max-tasks", "jobs_max_tasks"),
     _Option("--jobs-max-audio-s", "jobs_max_audio_s"),
     _Option("--jobs-max-audio-bytes", "jobs_max_audio_bytes"),
+    _Option("--live-max-sessions", "live_max_sessions"),
+    _Option("--live-max-session-s", "live_max_session_s"),
+    _Option("--live-idle-timeout-s", "live_idle_timeout_s"),
+    _Option("--live-max-append-bytes", "live_max_append_bytes"),
+    _Option("--live-token-ttl-s", "live_token_ttl_s"),
 )
 _FLAGS = {o.name: o.flag for o in (*_SERVE_OPTIONS, *_MODEL_OPTIONS)}
 """Settings field -> its option, to name both in a validation error."""

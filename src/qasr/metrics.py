@@ -80,6 +80,9 @@ class Metrics:
             registry=r,
         )
         self.draining = Gauge("qasr_draining", "1 while the server drains before it stops.", registry=r)
+        self.live_sessions = Gauge(
+            "qasr_live_sessions", "Live recognition (realtime WebSocket) sessions open now.", registry=r
+        )
         self.jobs = Gauge(
             "qasr_jobs", "Async file jobs in the task store, by status (issue 15).", ["status"], registry=r
         )

@@ -186,6 +186,20 @@ class Settings(BaseSettings):
     vad: bool = True
     """Voice-activity detection: silence is never sent to the model. Off: fixed windows, no gating."""
 
+    # --- live sessions (the realtime WebSocket API, issue 16) ----------------------------------------
+    live_max_sessions: int = 64
+    """Live recognition sessions (`/api-ws/v1/realtime`) open at once; one more gets an `error` event
+    (`too_many_sessions`) and is closed."""
+    live_max_session_s: float = 2 * 3600.0
+    """Longest live session: then the utterance in progress is finished, an `error` event
+    (`session_expired`) says why, and the session is closed."""
+    live_idle_timeout_s: float = 60.0
+    """A live session from which no event arrives for this long is ended the same way (`idle_timeout`)."""
+    live_max_append_bytes: int = 15 * 1024 * 1024
+    """Largest `audio` (base64 characters) of one `input_audio_buffer.append` (the cloud's 15 MiB)."""
+    live_token_ttl_s: float = 60.0
+    """How long a browser token from `POST /api/v1/realtime/tokens` may be used to open one session."""
+
     # --- async file jobs (the filetrans API, issue 15) -----------------------------------------------
     jobs_dir: Path | None = None
     """Where async file jobs live (the SQLite task store `tasks.sqlite3`, result documents, the

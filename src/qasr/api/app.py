@@ -21,6 +21,7 @@ from qasr.api.dashscope.routes import router as dashscope_router
 from qasr.api.edge import AccessLog, Drain, Message, Receive, Scope, Send, refuse_websocket
 from qasr.api.health import router as health_router
 from qasr.api.openai.routes import router as openai_router
+from qasr.api.realtime.routes import router as realtime_router
 from qasr.api.routing import dashscope_error, openai_error
 from qasr.api.services import Services
 from qasr.audio.uploads import UploadStore
@@ -89,6 +90,7 @@ def create_app(
     app.include_router(dashscope_router)
     app.include_router(filetrans_router)
     app.include_router(openai_router)
+    app.include_router(realtime_router)
     _install_error_handlers(app)
     return app
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, MutableMapping
@@ -163,6 +164,22 @@ async def _refuse_draining(scope: Scope, send: Send, rid: str) -> None:
     headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": data})
+
+
+class QueryRedactor(logging.Filter):
+    """Removes query strings from log lines: uvicorn logs each WebSocket handshake with its full URL,
+    and a browser's realtime token may travel in it (`?token=`). Only the path is kept."""
+
+    _QUERY = re.compile(r"(/[^\s\"'?]*)\?[^\s\"']*")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "?" in message:
+            record.msg, record.args = self._QUERY.sub(r"\1?…", message), ()
+        return True
+
+
+QUERY_REDACTOR = QueryRedactor()
 
 
 async def refuse_websocket(scope: Scope, receive: Receive, send: Send) -> None:

@@ -33,7 +33,7 @@ import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from qasr.api.edge import ASGIApp, Drain, Receive, Scope, Send
+from qasr.api.edge import QUERY_REDACTOR, ASGIApp, Drain, Receive, Scope, Send
 from qasr.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,7 @@ _SLOW_BYTES_PER_S = 16 * 1024
 _AFTER_DRAIN_S = 1
 """After the drain: how long uvicorn's own shutdown waits before it cancels what is left."""
 _HEAD_END = b"\r\n\r\n"
+_WS_ENVELOPE_BYTES = 64 * 1024
 
 
 def _raw_response(status: str, message: str) -> bytes:
@@ -61,6 +62,9 @@ def _raw_response(status: str, message: str) -> bytes:
 
 _TIMEOUT_408 = _raw_response("408 Request Timeout", "The request did not arrive in time.")
 _TOO_LARGE_431 = _raw_response("431 Request Header Fields Too Large", "The request headers are too large.")
+_BUSY_503 = _raw_response(
+    "503 Service Unavailable", "The server has too many open connections; retry shortly."
+)
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,7 @@ def protocol_class(limits: ConnectionLimits) -> type[H11Protocol]:
         _receive_timer: asyncio.TimerHandle | None = None
         _head_bytes = 0  # bytes of the current request's head received so far
         _tail = b""  # the last bytes of the head so far, to find its end across chunks
+        _upgraded = False  # handed over to the WebSocket protocol
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -126,6 +131,8 @@ def protocol_class(limits: ConnectionLimits) -> type[H11Protocol]:
                 self.transport.close()
                 return
             super().data_received(data)
+            if self._upgraded:
+                return
             if self.conn.their_state in _WAITING_FOR_REQUEST and not self.transport.is_closing():
                 self._start_timer()  # a (new) request is on its way: it must arrive in time
                 receiving[self][1] += len(data)
@@ -135,6 +142,18 @@ def protocol_class(limits: ConnectionLimits) -> type[H11Protocol]:
         def connection_lost(self, exc: Exception | None) -> None:
             self._stop_timer()
             super().connection_lost(exc)
+
+        def handle_websocket_upgrade(self, event: h11.Request) -> None:
+            """The request has arrived whole: the receive timer and eviction no longer apply (the
+            WebSocket protocol owns the connection from here; live sessions have their own limits).
+            A connection over the cap gets 503 instead of a WebSocket."""
+            self._stop_timer()
+            self._upgraded = True
+            if self.app is not self.config.loaded_app:  # over the cap (`_health_only`)
+                self.transport.write(_BUSY_503)
+                self.transport.close()
+                return
+            super().handle_websocket_upgrade(event)
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
@@ -244,6 +263,7 @@ def serve(app: Any, settings: Settings, **overrides: Any) -> None:
 def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Config:
     """The uvicorn configuration qasr serves with (`qasr serve` and the tests alike)."""
     limits = ConnectionLimits.from_settings(settings)
+    logging.getLogger("uvicorn.error").addFilter(QUERY_REDACTOR)  # its WebSocket lines carry the URL
     options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
@@ -252,6 +272,8 @@ def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Co
         "log_config": None,  # qasr's logging: one format for both
         "access_log": False,  # qasr writes one line per request itself (qasr.api.edge.AccessLog)
         "timeout_graceful_shutdown": _AFTER_DRAIN_S,  # the drain came first (QasrServer)
+        # A realtime append may carry `live_max_append_bytes` of base64, plus its JSON envelope.
+        "ws_max_size": settings.live_max_append_bytes + _WS_ENVELOPE_BYTES,
         **overrides,
     }
     return uvicorn.Config(app, **options)

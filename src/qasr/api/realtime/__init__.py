@@ -1,0 +1,1 @@
+"""The cloud's realtime recognition API (`qwen3-asr-flash-realtime` over WebSocket, issue 16)."""
