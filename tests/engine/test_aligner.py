@@ -181,6 +181,39 @@ def test_inconsistent_timestamp_id_is_refused(hf_dir: Path, tmp_path: Path) -> N
         load_aligner(str(broken), device="cpu", dtype="float32")
 
 
+def _truncate_weights(path: Path) -> None:
+    weights = path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # a download cut short
+
+
+@pytest.mark.parametrize(
+    ("layout", "damage", "expected"),
+    [
+        ("hf", _truncate_weights, "SafetensorError"),
+        ("original", _truncate_weights, "SafetensorError"),
+        ("hf", lambda p: (p / "processor_config.json").unlink(), "OSError"),
+        ("hf", lambda p: (p / "tokenizer.json").unlink(), "the checkpoint is inconsistent"),
+        ("hf", lambda p: (p / "model.safetensors").unlink(), "no file named model.safetensors"),
+    ],
+)
+def test_damaged_checkpoint_is_one_sentence(
+    layout: str, damage: Any, expected: str, hf_dir: Path, original_dir: Path, tmp_path: Path
+) -> None:
+    broken = _copy(hf_dir if layout == "hf" else original_dir, tmp_path)
+    damage(broken)
+    with pytest.raises(ModelLoadError) as caught:
+        load_aligner(str(broken), device="cpu", dtype="float32")
+    message = caught.value.message
+    assert "forced aligner" in message and expected in message and "\n" not in message
+
+
+def test_unreachable_aligner_names_its_own_option() -> None:
+    with pytest.raises(ModelLoadError) as caught:
+        load_aligner("/nonexistent/aligner", device="cpu")
+    assert caught.value.message.startswith("Aligner directory /nonexistent/aligner does not exist")
+    assert "--aligner" in caught.value.message and "--model" not in caught.value.message
+
+
 def test_directory_without_config_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match=r"no config\.json"):
         load_aligner(str(tmp_path), device="cpu", dtype="float32")
@@ -391,3 +424,44 @@ def test_transcript_to_timed_words(aligner: Qwen3AlignerEngine) -> None:
     assert "".join("".join(w.text.split()) for w in words) == "".join(text.split())
     assert all(offset <= w.start_s < w.end_s <= offset + seconds for w in words)
     assert all(a.end_s <= b.start_s for a, b in pairwise(words))
+
+
+_PIECES = [
+    "Hello,",
+    "world!",
+    "It's",
+    "3.5%",
+    "e-mail",
+    "don’t",
+    "(quietly)",
+    "—",
+    "1,000",
+    "你好，",
+    "世界。",
+    "ok",
+]
+
+
+def test_word_properties_hold_for_any_classes(aligner: Qwen3AlignerEngine) -> None:
+    """Whatever the weights make the head answer (here: random classes, in and past the clip, in and
+    out of order), the words are one per unit, ordered, non-overlapping, of positive length, inside the
+    clip on the original timeline, and their texts put back together are the transcript."""
+    rng = random.Random(1)
+    for case in range(24):
+        text = " ".join(rng.choice(_PIECES) for _ in range(rng.randint(1, 15)))
+        units = units_for(text, "en")
+        seconds, offset = rng.uniform(0.5, 20.0), rng.choice([0.0, 17.3, 95.0])
+        last = int(seconds / 0.08)
+        classes = [
+            rng.randrange(5000) if rng.random() < 0.2 else rng.randint(0, last) for _ in range(2 * len(units))
+        ]
+        if case % 2:
+            classes.sort()
+        request = AlignRequest(noise(seconds, seed=case), tuple(u.text for u in units), offset)
+        with scripted_classes(aligner, classes):
+            (result,) = aligner.align([request])
+        words = words_from(text, units, result.spans, bounds_s=(offset, offset + seconds))
+        assert len(words) == len(units) == len(result.spans), case
+        assert all(offset <= w.start_s < w.end_s <= round(offset + seconds, 3) + 1e-9 for w in words), case
+        assert all(a.end_s <= b.start_s for a, b in pairwise(words)), case
+        assert "".join("".join(w.text.split()) for w in words) == "".join(text.split()), case
