@@ -73,7 +73,6 @@ except ImportError:  # dashscope 1.24.6
         voice=None,
         input_audio_transcription=transcription,
         sample_rate=rate,
-        input_audio_format="pcm",
         **settings,
     )
 
