@@ -146,6 +146,17 @@ def test_submit_wait_and_fetch_with_words(sdk: Path | None, server: LiveServer, 
         assert sentence["words"][-1]["text"] == "service" and sentence["words"][-1]["punctuation"] == "."
 
 
+def test_local_file_uploaded_first(sdk: Path | None, server: LiveServer, files: Path) -> None:
+    out = _seed(sdk, "filetrans_wait.py", server, FT_UPLOAD=str(files / "two.wav"))
+    assert out["wait"]["output"]["task_status"] == "SUCCEEDED"
+    assert out["document"]["file_url"].startswith("oss://")
+    assert out["document"]["transcripts"][0]["text"] == f"{TEXT} {TEXT}"
+    # Another key cannot use that upload: refused at submit, before anything is stored.
+    body = {"model": "qwen3-asr-flash-filetrans", "input": {"file_url": out["document"]["file_url"]}}
+    theirs = httpx.post(server.url + SUBMIT, json=body, headers=_headers(OTHER_KEY), timeout=30)
+    assert theirs.status_code == 400 and theirs.json()["code"] == "InvalidURL"
+
+
 def test_words_only_when_asked(sdk: Path | None, server: LiveServer, gate: Gates) -> None:
     out = _seed(sdk, "filetrans_wait.py", server, FT_FILE_URL=f"{gate.url}/open/two.wav")
     (transcript,) = out["document"]["transcripts"]
