@@ -17,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from qasr.engine.aligner import Qwen3AlignerEngine
@@ -25,7 +26,7 @@ from qasr.settings import Settings
 from qasr.text import itn
 from qasr.text.subtitles import parse_srt, to_srt
 from qasr.text.words import units_for
-from qasr.timestamps import written_spans
+from qasr.timestamps import word_times, written_spans
 from qasr.types import Segment, TranscribeOptions, Transcript, Word
 from tests.helpers import EngineWrapper, rigged_checkpoint, two_utterances
 
@@ -85,6 +86,16 @@ def test_unsupported_language_falls_back_to_segment_times(aligned: Runtime, two_
     # Arabic: one of the 30 languages the ASR model knows and the aligner does not.
     t = _run(aligned, two_segments, language="ar", timestamps="word")
     assert t.segments and all(s.word_timing == "segment" and not s.words for s in t.segments)
+
+
+@pytest.mark.parametrize("text", ["", "  ", "…!?", "🎉"])
+def test_a_segment_without_words_has_none_missing(aligned: Runtime, text: str) -> None:
+    segment = Segment(2.0, 3.0, text, None)
+    samples = np.zeros(16_000, dtype=np.float32)
+    timed = asyncio.run(word_times(aligned.aligner, segment, samples))
+    assert (timed.text, timed.words, timed.word_timing) == (text, (), "word")
+    # Without an aligner, nothing is word-timed.
+    assert asyncio.run(word_times(None, segment, samples)).word_timing == "segment"
 
 
 def test_without_an_aligner_segments_are_marked_segment_level(rigged_dir: Path, two_segments: Path) -> None:

@@ -2,8 +2,9 @@
 
 The transcriber calls `word_times` once a segment's text is final, with the segment's samples (kept
 only until then). Where no time can honestly be given (no aligner loaded, a language the aligner
-does not cover, a segment over its length limit, no text) the segment keeps segment-level times and
-says so: words are never invented.
+does not cover, a segment over its length limit) the segment keeps segment-level times and says so:
+words are never invented. A segment without a word (silence, only punctuation) has nothing to place:
+with an aligner it counts as word-timed, with no words.
 
 The aligner is trained on what is said, so it aligns the SPOKEN text the model wrote. When ITN
 changed it (`twenty five percent` -> `25%`), the written text's units are matched to the spoken
@@ -15,13 +16,14 @@ them together). Units map back to displayed words by character offsets, so punct
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from difflib import SequenceMatcher
 from typing import TYPE_CHECKING, TypeAlias
 
 import numpy as np
 
 from qasr.engine.scheduler import Priority
-from qasr.text.words import Unit, aligner_supports, units_for, words_from
+from qasr.text.words import Unit, aligner_supports, clean, units_for, words_from
 from qasr.types import SAMPLE_RATE, Segment
 
 if TYPE_CHECKING:  # the aligner module imports torch: only where an aligner is loaded
@@ -55,7 +57,13 @@ async def word_times(
     """`segment` with its words placed in time (`word_timing="word"`), or unchanged (segment-level)
     when the aligner is absent or cannot cover it. `spoken`: the text as the model wrote it, when ITN
     changed it into `segment.text`; that is what is aligned."""
-    if aligner is None or not alignable(segment, samples):
+    if aligner is None:
+        return segment
+    if not clean(segment.text):
+        # No word in it (silence, noise, only punctuation): none of its words is missing a time, and
+        # marking it segment-level would report some as missing.
+        return replace(segment, words=(), word_timing="word")
+    if not alignable(segment, samples):
         return segment
     from qasr.engine.aligner import AlignRequest
 
