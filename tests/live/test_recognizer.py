@@ -141,6 +141,8 @@ def test_final_is_one_full_decode_without_prefix(
         assert final.transcript == offline.text
         assert final.language == "en"
         assert await utterance.partial() is None  # no partials after the final
+        assert await utterance.final() == final  # the same result, not a second decode
+        assert sum(r.max_new_tokens is None for r in watching.requests) == 1
 
     _run(live, body)
 

@@ -39,6 +39,9 @@ from qasr.types import SAMPLE_RATE, EngineRequest, EngineResult
 
 log = logging.getLogger(__name__)
 
+_HEADER_TOKENS = 4
+"""Tokens of the `language X<asr_text>` header the model writes when the language is not forced."""
+
 
 @dataclass(frozen=True)
 class LiveOptions:
@@ -80,9 +83,10 @@ class LiveConfig:
     max_utterance_s: float = 30.0
     """The longest utterance; the protocol layer must close utterances at this length. It bounds the
     work of each step (the audio re-read per step) and the memory per session."""
-    step_tokens: int = 12
-    """Most tokens a partial step may generate (the language header included when not forced)."""
-    hold_words: int = 3
+    step_tokens: int = 8
+    """Most transcript tokens a partial step may generate (plus the language header while it is not
+    forced): new speech at a step every second is 3-5 tokens, plus the words held back before."""
+    hold_words: int = 2
     """Words at the end of each step's continuation kept provisional (`stash`)."""
     min_settle_s: float = 2.0
     """No text is settled before the utterance has this much audio (the first words are unsure)."""
@@ -140,6 +144,7 @@ class Utterance:
         self._step: asyncio.Future[Partial | None] | None = None
         self._step_samples = 0
         self._follow: asyncio.Future[Partial | None] | None = None
+        self._final: asyncio.Future[Final] | None = None
         self._closed = False
         self._finished = False
         self._speech = _SpeechGate(recognizer.vad, self._config)
@@ -234,7 +239,7 @@ class Utterance:
             self.options.context,
             language,
             prefix,
-            max_new_tokens=self._config.step_tokens,
+            max_new_tokens=self._config.step_tokens + (0 if forceable_name(language) else _HEADER_TOKENS),
             encoder_cache=self._encoder_cache,
         )
         result = await self._recognizer.scheduler.submit(request, priority=Priority.LIVE)
@@ -252,12 +257,23 @@ class Utterance:
 
     async def final(self) -> Final:
         """Offline-quality decode of the whole utterance, ahead of all partial steps; no partials
-        after it. Silence gives an empty transcript."""
+        after it. Silence gives an empty transcript. Calling it again gives the same result."""
         if self._closed:
             return Final("", self.options.language)
-        self._finished = True
-        self._cancel_steps()
-        self._encoder_cache = None  # the final encodes the whole utterance afresh, as offline
+        if self._final is None:
+            self._finished = True
+            self._cancel_steps()
+            self._encoder_cache = None  # the final encodes the whole utterance afresh, as offline
+            self._final = asyncio.ensure_future(self._decode_final())
+        final = self._final
+        try:
+            return await asyncio.shield(final)
+        except asyncio.CancelledError:
+            if final.cancelled() and self._closed:
+                return Final("", self.options.language)
+            raise
+
+    async def _decode_final(self) -> Final:
         samples = self._audio()
         if not len(samples) or not await self._speech.heard(samples):
             return Final("", self.options.language)
@@ -274,6 +290,8 @@ class Utterance:
             return
         self._closed = True
         self._cancel_steps()
+        if self._final is not None and not self._final.done():
+            self._final.cancel()
         self._chunks = []
         self._samples = np.zeros(0, dtype=np.float32)
         self._count = 0

@@ -1,0 +1,502 @@
+"""Live recognition at bounded cost (issue 16): how many simultaneous live sessions one machine holds
+at real-time pace, qasr's live decoder against a baseline that re-decodes all of an utterance's audio
+at each step (the official toolkit's `streaming_transcribe` method), measured in one run.
+
+It drives `qasr.live.LiveRecognizer` in-process (no WebSocket: this measures the decoder and the
+scheduler, not the protocol layer), built as `qasr serve` builds it: the runtime's scheduler, the
+Silero VAD gate, and (for qasr) the engine's per-utterance encoder window cache. The systems:
+
+- `qasr`: steps of all sessions batched by the scheduler (up to `--max-batch`), completed 8 s encoder
+  windows cached, settled text forced as a prefix, at most `--step-tokens` new tokens per step.
+- `baseline`: the toolkit's method: every step re-encodes and re-decodes all the utterance's audio
+  (no encoder cache), with the same prefix rollback and token cap, one step at a time (no batching
+  across sessions, as the toolkit and the community servers do).
+
+Sessions: each speaks `--utterances` utterances of espeak-ng speech (4-12 s, seeded), appended in
+100 ms chunks at real-time pace, asks for a partial every `--step-s` of new audio (a session that
+falls behind coalesces, as the protocol layer does), calls `final()` as soon as the utterance's last
+audio is appended, then pauses `--gap-s`. Latencies: partial = from the `partial()` call to its
+result; final = from the end of speech (the `final()` call) to the transcript; the protocol layer's
+own VAD wait (`silence_duration_ms`) comes on top in a real session.
+
+Random weights (real shapes, real FLOPs) write garbage until a token cap, never an end token, so:
+- every partial step writes exactly `--step-tokens` tokens (a real model often stops earlier);
+- a final (and a file segment) is capped at `--final-tokens-per-s` per second of audio plus 5 (the
+  header and the end token), about what a real model writes for speech, instead of the engine's
+  generous budget; the repetition guard is off so every request does this fixed work.
+
+    flock /tmp/qasr-bench.lock .venv/bin/python bench/realtime.py            # bf16 and int8 (~25 min)
+    flock /tmp/qasr-bench.lock .venv/bin/python bench/realtime.py --quick    # bf16, fewer levels
+    .venv/bin/python bench/realtime.py --model tiny --quick                  # a smoke test (seconds)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import math
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from long_audio import SENTENCES, make_file
+from throughput import checkpoint, log, probe_ms
+
+SAMPLE_RATE = 16_000
+CHUNK_S = 0.1
+
+
+# --- subjects ------------------------------------------------------------------------------------------
+
+
+def speech_bank(folder: Path) -> list[np.ndarray]:
+    """Each sentence of `SENTENCES` spoken by espeak-ng, at 16 kHz."""
+    import subprocess
+
+    from qasr.audio.decode import decode_audio
+
+    bank = []
+    for i, text in enumerate(SENTENCES):
+        wav = folder / f"s{i}.wav"
+        subprocess.run(["espeak-ng", "-s", "160", "-w", str(wav), text], check=True)
+        bank.append(decode_audio(wav).samples)
+    return bank
+
+
+def utterance_audio(bank: Sequence[np.ndarray], seconds: float, rng: np.random.Generator) -> np.ndarray:
+    """Sentences with 0.3 s pauses, cut to `seconds`."""
+    parts: list[np.ndarray] = []
+    total = 0
+    while total < seconds * SAMPLE_RATE:
+        clip = bank[int(rng.integers(len(bank)))]
+        parts += [clip, np.zeros(int(0.3 * SAMPLE_RATE), np.float32)]
+        total += len(clip) + int(0.3 * SAMPLE_RATE)
+    return np.concatenate(parts)[: int(seconds * SAMPLE_RATE)].astype(np.float32)
+
+
+class FixedWork:
+    """The engine behind the scheduler's interface, with the output length of every request that has
+    no cap of its own (finals, file segments) fixed at what a real model writes for speech."""
+
+    def __init__(self, inner: Any, tokens_per_s: float) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.tokens_per_s = tokens_per_s
+        self.new_window_cache = inner.new_window_cache
+
+    def prepare(self, request: Any) -> object:
+        return self.inner.prepare(request)
+
+    def size(self, request: Any) -> int:
+        return int(self.inner.size(request))
+
+    def count_text_tokens(self, text: str) -> int:
+        return int(self.inner.count_text_tokens(text))
+
+    def describe(self) -> dict[str, str]:
+        return dict(self.inner.describe())
+
+    def run(self, jobs: Sequence[Any]) -> Any:
+        for job in jobs:
+            request = job.request
+            if request.max_new_tokens is None:
+                tokens = 5 + math.ceil(self.tokens_per_s * len(request.samples) / SAMPLE_RATE)
+                job.request = dataclasses.replace(request, max_new_tokens=tokens)
+        return self.inner.run(jobs)
+
+
+def load_engine(model_dir: Path, dtype: str, quantize: str, threads: int) -> Any:
+    from qasr.engine.qwen3 import GenerationOptions, Qwen3ASREngine
+
+    options = GenerationOptions(guard_repetition=False)
+    engine = Qwen3ASREngine.load(
+        str(model_dir), device="cpu", dtype=dtype, quantize=quantize, threads=threads, options=options
+    )
+    engine.warmup()
+    return engine
+
+
+# --- one measurement -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Level:
+    system: str
+    sessions: int
+    partial: list[float] = field(default_factory=list)
+    final: list[float] = field(default_factory=list)
+    batches: list[int] = field(default_factory=list)
+    file_s: float = 0.0
+    """Seconds of the long file transcribed meanwhile (the run with file load)."""
+    load: float = 0.0
+    probe: float = 0.0
+
+    def p95(self, values: list[float]) -> float:
+        return float(np.quantile(values, 0.95)) if values else math.nan
+
+    @property
+    def held(self) -> bool:
+        return self.p95(self.partial) <= 1.0 and self.p95(self.final) <= 1.5
+
+    def row(self) -> str:
+        def q(v: list[float], p: float) -> str:
+            return f"{np.quantile(v, p):.2f}" if v else "-"
+
+        sizes = f"{statistics.mean(self.batches):.1f}" if self.batches else "-"
+        return (
+            f"| {self.system} | {self.sessions} | {len(self.partial)} | {q(self.partial, 0.5)} / "
+            f"{q(self.partial, 0.95)} | {len(self.final)} | {q(self.final, 0.5)} / {q(self.final, 0.95)} | "
+            f"{sizes} | {'yes' if self.held else 'no'} | {self.probe:.1f} | {self.load:.2f} |"
+        )
+
+
+class System:
+    """A live recognizer over a fresh scheduler, as `qasr serve` builds it."""
+
+    def __init__(
+        self, name: str, engine: FixedWork, args: argparse.Namespace, *, cached: bool, batch: int
+    ) -> None:
+        from qasr.audio.vad import VoiceActivityDetector
+
+        self.name, self.engine, self.args, self.cached, self.batch = name, engine, args, cached, batch
+        self.vad = VoiceActivityDetector()
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> Any:
+        from qasr.engine.scheduler import Scheduler, SchedulerPolicy
+        from qasr.live import LiveConfig, LiveRecognizer
+
+        scheduler: Any = Scheduler(self.engine, SchedulerPolicy(max_batch_size=self.batch, max_queue=1024))
+        scheduler.start()
+        config = LiveConfig(step_tokens=self.args.step_tokens, hold_words=self.args.hold_words)
+        cache = self.engine.new_window_cache if self.cached else None
+        try:
+            yield LiveRecognizer(scheduler, self.vad, config, encoder_cache=cache)
+        finally:
+            scheduler.close()
+
+
+async def session(
+    recognizer: Any, utterances: list[np.ndarray], args: argparse.Namespace, level: Level
+) -> None:
+    from qasr.live import LiveOptions
+
+    loop = asyncio.get_running_loop()
+    chunk = int(CHUNK_S * SAMPLE_RATE)
+    every = round(args.step_s / CHUNK_S)
+    clock = loop.time()
+
+    async def timed_partial(utterance: Any) -> None:
+        started = loop.time()
+        result = await utterance.partial()
+        if result is not None:
+            level.partial.append(loop.time() - started)
+
+    for audio in utterances:
+        utterance = recognizer.utterance(LiveOptions(language="en"))
+        steps = []
+        for k, start in enumerate(range(0, len(audio), chunk)):
+            clock += CHUNK_S
+            await asyncio.sleep(max(0.0, clock - loop.time()))
+            utterance.append(audio[start : start + chunk])
+            if (k + 1) % every == 0:
+                steps.append(asyncio.ensure_future(timed_partial(utterance)))
+        started = loop.time()
+        await utterance.final()
+        level.final.append(loop.time() - started)
+        await asyncio.gather(*steps)
+        utterance.close()
+        clock = max(clock, loop.time()) + args.gap_s
+        await asyncio.sleep(max(0.0, clock - loop.time()))
+
+
+async def measure(
+    system: System,
+    sessions: int,
+    bank: list[np.ndarray],
+    args: argparse.Namespace,
+    file_path: Path | None = None,
+) -> Level:
+    level = Level(
+        system.name + (" + file" if file_path else ""), sessions, probe=probe_ms(), load=os.getloadavg()[0]
+    )
+    rng = np.random.default_rng(sessions)
+    async with system.running() as recognizer:
+        scheduler = recognizer.scheduler
+        file_task = (
+            asyncio.ensure_future(transcribe_file(scheduler, system.vad, file_path, level))
+            if file_path
+            else None
+        )
+        if file_task is not None:
+            await asyncio.sleep(2.0)  # the file's first batches are on the model
+        plans = [
+            [utterance_audio(bank, float(rng.uniform(4, 12)), rng) for _ in range(args.utterances)]
+            for _ in range(sessions)
+        ]
+
+        async def one(i: int) -> None:
+            await asyncio.sleep(i * args.step_s / max(1, sessions))  # sessions start staggered
+            await session(recognizer, plans[i], args, level)
+
+        await asyncio.gather(*(one(i) for i in range(sessions)))
+        if file_task is not None:
+            file_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await file_task
+        level.batches = sorted(scheduler.batch_sizes.elements())
+    return level
+
+
+async def transcribe_file(scheduler: Any, vad: Any, path: Path, level: Level) -> None:
+    """The long file through the sync API's pipeline (`Transcriber`, interactive priority), again and
+    again, while the live sessions run."""
+    from qasr.engine.scheduler import Priority
+    from qasr.transcriber import Transcriber
+    from qasr.types import TranscribeOptions
+
+    transcriber = Transcriber(scheduler, vad)
+    data = path.read_bytes()
+    while True:
+        async for item in transcriber.stream(data, TranscribeOptions(), priority=Priority.INTERACTIVE):
+            end = getattr(item, "duration_s", None)
+            if end is not None:
+                level.file_s += end
+
+
+# --- step cost against utterance and session age -----------------------------------------------------------
+
+
+async def step_times(
+    system: System, audio: np.ndarray, ages: Sequence[float], args: argparse.Namespace
+) -> dict[float, float]:
+    """Median time of one partial step (alone on the model) at each utterance age, stepping every
+    `--step-s` before it as a session does; three utterances."""
+    from qasr.live import LiveOptions
+
+    times: dict[float, list[float]] = {a: [] for a in ages}
+    chunk = int(args.step_s * SAMPLE_RATE)
+    async with system.running() as recognizer:
+        for _ in range(3):
+            utterance = recognizer.utterance(LiveOptions(language="en"))
+            for start in range(0, int(max(ages) * SAMPLE_RATE), chunk):
+                utterance.append(audio[start : start + chunk])
+                age = (start + chunk) / SAMPLE_RATE
+                began = time.perf_counter()
+                await utterance.partial()
+                if any(abs(age - a) < 1e-6 for a in ages):
+                    times[min(ages, key=lambda a: abs(a - age))].append(time.perf_counter() - began)
+            utterance.close()
+    return {a: statistics.median(v) for a, v in times.items()}
+
+
+async def long_session(
+    system: System, bank: list[np.ndarray], minutes: float, args: argparse.Namespace
+) -> dict[str, float]:
+    """One session speaking back-to-back utterances (4-20 s) for `minutes` of audio, stepping every
+    `--step-s` of audio as fast as the model allows: median step time in the first and the last
+    minute, and the process's peak RSS at the end of each."""
+    from qasr.live import LiveOptions
+
+    rng = np.random.default_rng(7)
+    chunk = int(args.step_s * SAMPLE_RATE)
+    by_minute: dict[int, list[float]] = {}
+    rss: dict[int, float] = {}
+    heard = 0.0
+    async with system.running() as recognizer:
+        while heard < minutes * 60:
+            audio = utterance_audio(bank, float(rng.uniform(4, 20)), rng)
+            utterance = recognizer.utterance(LiveOptions(language="en"))
+            for start in range(0, len(audio), chunk):
+                utterance.append(audio[start : start + chunk])
+                began = time.perf_counter()
+                await utterance.partial()
+                by_minute.setdefault(int(heard // 60), []).append(time.perf_counter() - began)
+                heard += min(chunk, len(audio) - start) / SAMPLE_RATE
+            await utterance.final()
+            utterance.close()
+            rss[int(heard // 60)] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    first, last = min(by_minute), max(by_minute)
+    return {
+        "first_minute_step_s": statistics.median(by_minute[first]),
+        "last_minute_step_s": statistics.median(by_minute[last]),
+        "last_minute": float(last + 1),
+        "rss_first_mb": rss.get(first, math.nan),
+        "rss_last_mb": rss.get(max(rss), math.nan),
+    }
+
+
+# --- the run ---------------------------------------------------------------------------------------------
+
+
+def header() -> str:
+    return (
+        "| system | sessions | partials | partial p50 / p95 (s) | finals | final p50 / p95 (s) | mean batch | "
+        "held | probe ms | load |\n|---|---|---|---|---|---|---|---|---|---|"
+    )
+
+
+async def sweep(system: System, bank: list[np.ndarray], args: argparse.Namespace) -> list[Level]:
+    """Levels in increasing order until one is not held (and the next one too, to be sure)."""
+    levels: list[Level] = []
+    misses = 0
+    for n in args.levels:
+        level = await measure(system, n, bank, args)
+        log(level.row())
+        levels.append(level)
+        misses = 0 if level.held else misses + 1
+        if misses >= 2:
+            break
+    return levels
+
+
+def most_held(levels: list[Level]) -> int:
+    held = [lv.sessions for lv in levels if lv.held]
+    return max(held) if held else 0
+
+
+async def run_dtype(
+    label: str, engine: Any, bank: list[np.ndarray], file_path: Path, args: argparse.Namespace
+) -> list[str]:
+    work = FixedWork(engine, args.final_tokens_per_s)
+    qasr = System("qasr", work, args, cached=True, batch=args.max_batch)
+    base = System("baseline", work, args, cached=False, batch=1)
+    out = [f"### {label}", "", header()]
+    results = {}
+    for system in (qasr, base):
+        levels = await sweep(system, bank, args)
+        results[system.name] = levels
+        out += [lv.row() for lv in levels]
+    best = {k: most_held(v) for k, v in results.items()}
+    ratio = f"{best['qasr'] / best['baseline']:.1f}x" if best["baseline"] else "n/a (baseline holds none)"
+    out += [
+        "",
+        f"- most sessions held (partial p95 <= 1 s, final p95 <= 1.5 s): qasr {best['qasr']}, "
+        f"baseline {best['baseline']} ({ratio})",
+    ]
+    n = max(1, best["qasr"])
+    loaded = [
+        await measure(qasr, n, bank, args, file_path),
+        await measure(base, max(1, best["baseline"]), bank, args, file_path),
+    ]
+    out += [
+        "",
+        "With a long file transcribed through the sync pipeline meanwhile (interactive priority):",
+        "",
+        header(),
+    ]
+    out += [lv.row() for lv in loaded]
+    out += [
+        f"- file audio transcribed meanwhile: qasr run {loaded[0].file_s:.0f} s, baseline run {loaded[1].file_s:.0f} s"
+    ]
+    long_audio = np.concatenate([utterance_audio(bank, 30.0, np.random.default_rng(3))])
+    for system in (qasr, base):
+        ages = await step_times(system, long_audio, (5.0, 25.0), args)
+        out.append(
+            f"- {system.name}: one step alone at utterance age 5 s {ages[5.0]:.2f} s, at 25 s {ages[25.0]:.2f} s "
+            f"(ratio {ages[25.0] / ages[5.0]:.2f})"
+        )
+    if args.session_min > 0:
+        info = await long_session(qasr, bank, args.session_min, args)
+        out.append(
+            f"- qasr, one session of {args.session_min:.0f} min of back-to-back utterances (4-20 s), stepping as fast "
+            f"as the model allows: median step {info['first_minute_step_s']:.2f} s in minute 1, "
+            f"{info['last_minute_step_s']:.2f} s in minute {info['last_minute']:.0f} "
+            f"(ratio {info['last_minute_step_s'] / info['first_minute_step_s']:.2f}); peak RSS "
+            f"{info['rss_first_mb']:.0f} MB after minute 1, {info['rss_last_mb']:.0f} MB at the end"
+        )
+    return out
+
+
+def conditions(args: argparse.Namespace) -> str:
+    import torch
+    import transformers
+
+    return (
+        f"Conditions: model {args.model} (random weights, real shapes), threads {args.threads}, "
+        f"{os.cpu_count()} CPUs ({platform.machine()}), torch {torch.__version__}, transformers "
+        f"{transformers.__version__}; partial every {args.step_s} s of audio, {args.step_tokens} tokens per step, "
+        f"{args.hold_words} words held back as stash; finals and file segments {args.final_tokens_per_s} "
+        f"tokens per audio second + 5; {args.utterances} utterances of 4-12 s per session, {args.gap_s} s "
+        f"apart; language forced (en); qasr batches up to {args.max_batch}, baseline 1."
+    )
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="0.6B", help="checkpoint size (0.6B, 1.7B) or `tiny` for a smoke test")
+    p.add_argument("--dtypes", default="bfloat16,int8", help="comma list of bfloat16, float32, int8")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--levels", default="1,2,3,4,6,8,12,16", help="session counts to try, in order")
+    p.add_argument("--utterances", type=int, default=2)
+    p.add_argument("--step-s", type=float, default=1.0)
+    p.add_argument("--step-tokens", type=int, default=8)
+    p.add_argument("--hold-words", type=int, default=2)
+    p.add_argument("--gap-s", type=float, default=1.0)
+    p.add_argument("--final-tokens-per-s", type=float, default=4.0)
+    p.add_argument("--max-batch", type=int, default=8)
+    p.add_argument("--session-min", type=float, default=10.0, help="length of the long-session run (0: skip)")
+    p.add_argument("--file-min", type=float, default=3.0, help="length of the long file")
+    p.add_argument("--quick", action="store_true", help="bf16 only, levels 1-4, a 2-minute long session")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.dtypes, args.levels, args.session_min = "bfloat16", "1,2,3,4", min(args.session_min, 2.0)
+    args.levels = [int(x) for x in args.levels.split(",")]
+    return args
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    from qasr.engine.threads import in_passing_thread
+
+    with tempfile.TemporaryDirectory() as tmp:
+        bank = await asyncio.to_thread(speech_bank, Path(tmp))
+        file_path = make_file(args.file_min, Path(tmp) / "long.wav")
+        if args.model == "tiny":
+            from qasr.engine.testing import build_checkpoint
+
+            model_dir = build_checkpoint(Path(tmp) / "tiny")
+        else:
+            model_dir = checkpoint(args.model, 0, "hf")
+        started = time.strftime("%Y-%m-%d %H:%M:%S")
+        load0 = os.getloadavg()
+        report = [
+            conditions(args),
+            f"Run {started}; load average at start {load0[0]:.2f} / {load0[1]:.2f} / {load0[2]:.2f}.",
+            "",
+        ]
+        for dtype in args.dtypes.split(","):
+            quantize = "int8" if dtype == "int8" else "none"
+            torch_dtype = "float32" if dtype in ("int8", "float32") else dtype
+            log(f"loading {args.model} {dtype}")
+            engine = in_passing_thread(
+                lambda d=torch_dtype, q=quantize: load_engine(model_dir, d, q, args.threads)
+            )
+            report += await run_dtype(f"{args.model} {dtype}", engine, bank, file_path, args)
+            report.append("")
+            del engine
+        load1 = os.getloadavg()
+        report.append(f"Load average at end {load1[0]:.2f} / {load1[1]:.2f} / {load1[2]:.2f}.")
+    print("\n".join(report))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return asyncio.run(main_async(parse_args(argv)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
