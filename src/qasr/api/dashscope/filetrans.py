@@ -121,6 +121,10 @@ async def start_jobs(app: FastAPI, runtime: Runtime) -> None:
 
 async def stop_jobs(app: FastAPI) -> None:
     """Stop the runner before the runtime closes: running tasks stay RUNNING and run at the next start."""
+    starting: asyncio.Future[None] | None = getattr(app.state, "jobs_starting", None)
+    if starting is not None:
+        with contextlib.suppress(BaseException):
+            await starting  # a start in progress finishes first, so its runner is stopped too
     jobs: Jobs | None = getattr(app.state, "jobs", None)
     app.state.jobs = None
     if jobs is not None:
