@@ -2,7 +2,9 @@
 
 `TaskStore` is the small interface the runner and the routes use; `SqliteTaskStore` is the embedded
 default, one file under the data directory. A shared database (several qasr replicas on one queue) can
-later implement the same Protocol: claiming is the only step that must be atomic across processes.
+later implement the same Protocol: claiming must then be atomic across processes (as `claim` is here,
+in one IMMEDIATE transaction), and `requeue_running` must only take back tasks whose replica is gone
+(a lease with a heartbeat), not every RUNNING task as a single process may at its start.
 
 Durability (issue 15): SQLite in WAL mode with `synchronous=FULL`, so a transaction that returned is on
 disk even after `kill -9` or a power cut (NORMAL would only protect against a process crash, and a
