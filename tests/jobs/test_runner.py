@@ -35,3 +35,22 @@ def test_expiry_removes_task_and_result(tmp_path: Path) -> None:
     assert store.get("other") is not None  # a PENDING task never expires
     gauge = {s.labels["status"]: s.value for s in metrics.jobs.collect()[0].samples}
     assert gauge == {"pending": 1.0, "running": 0.0, "succeeded": 0.0, "failed": 0.0, "canceled": 0.0}
+
+
+def test_result_url_from_public_base_and_bounded_by_retention(tmp_path: Path) -> None:
+    from qasr.jobs.results import UrlSigner
+    from qasr.jobs.service import Jobs
+    from qasr.settings import Settings
+
+    settings = Settings(jobs_result_url_ttl_s=100.0, jobs_retention_s=50.0, data_dir=tmp_path)
+    signer = UrlSigner.in_dir(tmp_path)
+    jobs = Jobs(settings, None, None, signer, None)  # type: ignore[arg-type]  # only builds URLs
+    task = Task(TASK, "", "m", "u", "u", "{}", end_time=1000.0, result_name=f"{TASK}.json")
+    url = jobs.result_url("https://asr.example.com/qasr", task, now=1010.0)
+    path, _, query = url.partition("?")
+    assert path == f"https://asr.example.com/qasr/api/v1/filetrans/results/{TASK}.json"
+    expires, signature = (part.split("=", 1)[1] for part in query.split("&"))
+    assert expires == "1050"  # the result is removed at 1050: the URL does not outlive it
+    assert signer.check(TASK, expires, signature, now=1049.0)
+    early = jobs.result_url("https://x", task, now=900.0)
+    assert "Expires=1000&" in early  # 100 s after the poll, sooner than the retention
