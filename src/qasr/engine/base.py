@@ -26,6 +26,9 @@ class Job(Generic[Req]):
     cancelled: Callable[[], bool] | None = None
     prepared: object | None = None
     """What the engine's `prepare` made of the request ahead of the batch."""
+    between_tokens: Callable[[], None] | None = None
+    """Called by the engine once per generated token of the batch (from the model thread): the
+    scheduler runs live work that is waiting there, so a long batch delays it by one token at most."""
 
 
 class Engine(Protocol):

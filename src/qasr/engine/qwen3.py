@@ -73,7 +73,7 @@ class Qwen3ASREngine:
         self.tokenizer = loaded.processor.tokenizer
         self.name = name
         self.options = options or GenerationOptions()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entered when live work runs between tokens of a batch
         self._cache_kwarg = cache_kwarg(self.model)
         self._end_ids = set(self._eos_ids())
         self._audio_pad_id = self.tokenizer.convert_tokens_to_ids("<|audio_pad|>")
@@ -280,7 +280,7 @@ class Qwen3ASREngine:
                 **{self._cache_kwarg: cache},
                 do_sample=False,
                 max_new_tokens=max_new,
-                min_new_tokens=self.options.min_new_tokens or None,
+                min_new_tokens=min(self.options.min_new_tokens, max_new) or None,
                 stopping_criteria=StoppingCriteriaList([tracker]),
                 eos_token_id=sorted(self._end_ids),
                 pad_token_id=self.tokenizer.convert_tokens_to_ids("<|im_end|>"),
@@ -385,6 +385,7 @@ class _RowTracker:
         ]
         self.done = [False] * len(jobs)
         self.reasons = ["stop"] * len(jobs)
+        self.between_tokens = next((j.between_tokens for j in jobs if j.between_tokens is not None), None)
         self.budgets = [0] * len(jobs)
 
     def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
@@ -392,6 +393,8 @@ class _RowTracker:
         for row, token in enumerate(last):
             if not self.done[row]:
                 self._step(row, int(token))
+        if self.between_tokens is not None and not all(self.done):
+            self.between_tokens()
         return torch.tensor(self.done, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
 
     def _step(self, row: int, token: int) -> None:

@@ -11,6 +11,12 @@ requests, then background jobs. A batch is drawn from the most urgent class that
 background submission delays an interactive one by at most the batch already running. Starvation is
 bounded: a request that has waited longer than `max_starvation_s` is served next whatever its class.
 
+Live work does not even wait for the batch already running (issue 16): while a batch of another
+class decodes, the engine calls back between tokens (`Job.between_tokens`) and live work that is
+waiting runs right there, as a nested batch, before the long batch goes on. Only the long batch's
+prefill cannot be interrupted, so while live sessions are active, batches of the other classes are
+kept small (`max_batch_with_live`).
+
 Admission comes first and is cheap (`admit`): a caller asks for a place before it fetches or decodes
 any audio, and an overloaded scheduler refuses at once (`Overloaded`, HTTP 429) instead of after the
 download. Each class has its own bound, so background work never pushes interactive callers into 429.
@@ -100,6 +106,12 @@ class SchedulerPolicy:
     """The same bound for background requests, counted separately."""
     max_starvation_s: float = 30.0
     """A request waiting longer than this is served next, whatever its class."""
+    max_batch_with_live: int = 2
+    """Most requests in a batch of the interactive or background class while live sessions are
+    active (live work queued in the last `live_active_s`): such a batch's prefill (encoder and
+    prompt) cannot be interrupted for live work, so it is kept short."""
+    live_active_s: float = 10.0
+    """How long after the last live request live sessions count as active."""
 
 
 @dataclass(eq=False)
@@ -146,6 +158,9 @@ class Scheduler(Generic[Req, Res]):
         self.batches_run = 0
         self.batch_sizes: Counter[int] = Counter()
         """How many batches ran at each size (bounded: at most `max_batch_size` keys)."""
+        self.batches_between_tokens = 0
+        """Live batches run between the tokens of a batch of another class."""
+        self._live_seen = -float("inf")  # time.monotonic() of the last live request queued
 
     # --- lifecycle -----------------------------------------------------------------------------------
 
@@ -263,6 +278,8 @@ class Scheduler(Generic[Req, Res]):
                     if self._stopped:  # the worker ended while this request was being prepared
                         raise EngineUnavailable(self._dead_message())
                     self._waiting[ticket.priority].append(item)
+                    if ticket.priority <= Priority.LIVE:
+                        self._live_seen = time.monotonic()
                     self._depth_changed(ticket.priority)
                     self._cond.notify_all()
             finally:
@@ -371,7 +388,10 @@ class Scheduler(Generic[Req, Res]):
         """`head`, then the most urgent candidates, closest to it in size (less padding)."""
         others = [p for p in self._candidates(head) if p is not head]
         others.sort(key=lambda p: (p.priority, abs(p.size - head.size)))
-        return [head, *others[: self.policy.max_batch_size - 1]]
+        size = self.policy.max_batch_size
+        if head.priority > Priority.LIVE and time.monotonic() - self._live_seen < self.policy.live_active_s:
+            size = min(size, max(1, self.policy.max_batch_with_live))
+        return [head, *others[: size - 1]]
 
     def _drop_dead(self) -> None:
         """Take out requests whose caller left or whose deadline passed: they never reach the model."""
@@ -401,12 +421,15 @@ class Scheduler(Generic[Req, Res]):
             self.metrics.queue_wait_seconds.labels(self._label, p.priority.name.lower()).observe(
                 started - p.enqueued
             )
+        # A batch of live work is never interrupted; any other may be, between its tokens.
+        interruptible = min(p.priority for p in live) > Priority.LIVE
         jobs = [
             Job(
                 p.request,
                 on_delta=self._delta_sender(p) if p.on_delta is not None else None,
                 cancelled=lambda p=p: p.cancelled,  # type: ignore[misc]
                 prepared=p.prepared,
+                between_tokens=self._serve_live if interruptible else None,
             )
             for p in live
         ]
@@ -425,7 +448,29 @@ class Scheduler(Generic[Req, Res]):
         # Not in a `finally`: when the worker dies (a BaseException), `_fail_all` fails this batch too.
         self.metrics.batch_seconds.labels(self._label).observe(time.monotonic() - started)
         with self._cond:
-            self._running = []
+            self._running = [p for p in self._running if p not in batch]
+
+    def _serve_live(self) -> None:
+        """Between two tokens of a batch of another class (in the worker thread): run the live work
+        that is waiting, most urgent first, without waiting for more to arrive."""
+        while True:
+            with self._cond:
+                if self._closing:
+                    return
+                self._drop_dead()
+                heads = [
+                    self._waiting[p][0] for p in (Priority.LIVE_FINAL, Priority.LIVE) if self._waiting[p]
+                ]
+                if not heads:
+                    return
+                batch = self._pick(heads[0])
+                for item in batch:
+                    self._waiting[item.priority].remove(item)
+                for priority in {item.priority for item in batch}:
+                    self._depth_changed(priority)
+                self._running = [*self._running, *batch]
+                self.batches_between_tokens += 1
+            self._run(batch)
 
     @staticmethod
     def _delta_sender(item: _Pending) -> Callable[[object], None]:
