@@ -285,13 +285,13 @@ async def step_times(
     system: System, audio: np.ndarray, ages: Sequence[float], args: argparse.Namespace
 ) -> dict[float, float]:
     """Median time of one partial step (alone on the model) at each utterance age, stepping every
-    `--step-s` before it as a session does; three utterances."""
+    `--step-s` before it as a session does; two utterances."""
     from qasr.live import LiveOptions
 
     times: dict[float, list[float]] = {a: [] for a in ages}
     chunk = int(args.step_s * SAMPLE_RATE)
     async with system.running() as recognizer:
-        for _ in range(3):
+        for _ in range(2):
             utterance = recognizer.utterance(LiveOptions(language="en"))
             for start in range(0, int(max(ages) * SAMPLE_RATE), chunk):
                 utterance.append(audio[start : start + chunk])
@@ -308,12 +308,12 @@ async def long_session(
     system: System, bank: list[np.ndarray], minutes: float, args: argparse.Namespace
 ) -> dict[str, float]:
     """One session speaking back-to-back utterances (4-20 s) for `minutes` of audio, stepping every
-    `--step-s` of audio as fast as the model allows: median step time in the first and the last
-    minute, and the process's peak RSS at the end of each."""
+    `--session-step-s` of audio as fast as the model allows: median step time in the first and the
+    last minute, and the process's peak RSS at the end of each."""
     from qasr.live import LiveOptions
 
     rng = np.random.default_rng(7)
-    chunk = int(args.step_s * SAMPLE_RATE)
+    chunk = int(args.session_step_s * SAMPLE_RATE)
     by_minute: dict[int, list[float]] = {}
     rss: dict[int, float] = {}
     heard = 0.0
@@ -413,8 +413,8 @@ async def run_dtype(
     if args.session_min > 0:
         info = await long_session(qasr, bank, args.session_min, args)
         out.append(
-            f"- qasr, one session of {args.session_min:.0f} min of back-to-back utterances (4-20 s), stepping as fast "
-            f"as the model allows: median step {info['first_minute_step_s']:.2f} s in minute 1, "
+            f"- qasr, one session of {args.session_min:.0f} min of back-to-back utterances (4-20 s), a step every "
+            f"{args.session_step_s:.0f} s of audio as fast as the model allows: median step {info['first_minute_step_s']:.2f} s in minute 1, "
             f"{info['last_minute_step_s']:.2f} s in minute {info['last_minute']:.0f} "
             f"(ratio {info['last_minute_step_s'] / info['first_minute_step_s']:.2f}); peak RSS "
             f"{info['rss_first_mb']:.0f} MB after minute 1, {info['rss_last_mb']:.0f} MB at the end"
@@ -450,6 +450,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--final-tokens-per-s", type=float, default=4.0)
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--session-min", type=float, default=10.0, help="length of the long-session run (0: skip)")
+    p.add_argument("--session-step-s", type=float, default=5.0, help="step cadence of the long session")
+    p.add_argument("--out", type=Path, help="also write the report here (after each dtype)")
     p.add_argument("--file-min", type=float, default=3.0, help="length of the long file")
     p.add_argument("--quick", action="store_true", help="bf16 only, levels 1-4, a 2-minute long session")
     args = p.parse_args(argv)
@@ -488,6 +490,9 @@ async def main_async(args: argparse.Namespace) -> int:
             report += await run_dtype(f"{args.model} {dtype}", engine, bank, file_path, args)
             report.append("")
             del engine
+            args.session_min = 0.0  # the long session runs once, with the first dtype
+            if args.out is not None:
+                args.out.write_text("\n".join(report) + "\n")
         load1 = os.getloadavg()
         report.append(f"Load average at end {load1[0]:.2f} / {load1[1]:.2f} / {load1[2]:.2f}.")
     print("\n".join(report))
