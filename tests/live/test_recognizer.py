@@ -183,6 +183,10 @@ def test_steps_coalesce_while_one_is_in_flight(live: Live, speech: np.ndarray) -
         assert results[0] == results[1]
         assert all(r == results[2] for r in results[2:])
         assert [len(r.samples) for r in watching.requests] == [SAMPLE_RATE, 2 * SAMPLE_RATE]
+        utterance.append(speech[2 * SAMPLE_RATE : 3 * SAMPLE_RATE])
+        both = await asyncio.gather(utterance.partial(), utterance.partial())  # asked in the same tick
+        assert both[0] == both[1] and both[0] is not None
+        assert len(watching.requests) == 3
 
     _run(live, body)
 

@@ -199,7 +199,7 @@ class Utterance:
             return await self._shared(self._follow)
         if self._count == self._last_step_samples:
             return None
-        self._step = asyncio.ensure_future(self._run_step())
+        self._step = asyncio.ensure_future(self._run_step(self._snapshot()))
         return await self._shared(self._step)
 
     async def _shared(self, step: asyncio.Future[Partial | None]) -> Partial | None:
@@ -220,11 +220,16 @@ class Utterance:
             return None
         self._step = asyncio.current_task()
         self._follow = None
-        return await self._run_step()
+        return await self._run_step(self._snapshot())
 
-    async def _run_step(self) -> Partial | None:
+    def _snapshot(self) -> np.ndarray:
+        """The audio a step decodes, taken when the step is started (so that callers arriving before
+        it runs know exactly what it covers)."""
         samples = self._audio()
         self._step_samples = self._last_step_samples = len(samples)
+        return samples
+
+    async def _run_step(self, samples: np.ndarray) -> Partial | None:
         if not await self._speech.heard(samples):
             return Partial("", "", self.options.language)
         language = self.options.language
