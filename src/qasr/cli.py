@@ -119,6 +119,7 @@ _MODEL_OPTIONS = (
     _Option("--device", "device"),
     _Option("--dtype", "dtype"),
     _Option("--quantize", "quantize"),
+    _Option("--cpu-linear", "cpu_linear"),
     _Option("--threads", "threads"),
     _Option("--aligner", "aligner"),
     _Option("--no-vad", "vad", "Turn off voice-activity detection."),

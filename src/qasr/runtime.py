@@ -191,7 +191,12 @@ def load_engine(settings: Settings) -> Engine:
     from qasr.engine.qwen3 import Qwen3ASREngine
 
     engine = Qwen3ASREngine.load(
-        settings.model, settings.device, settings.dtype, settings.quantize, settings.threads
+        settings.model,
+        settings.device,
+        settings.dtype,
+        settings.quantize,
+        settings.threads,
+        cpu_linear=settings.cpu_linear,
     )
     if settings.warmup:
         engine.warmup()

@@ -74,8 +74,10 @@ class Settings(BaseSettings):
     """`auto` (CUDA when present, else CPU), `cpu`, `cuda`, `cuda:1`, ..."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """`auto`: bf16 on CUDA and on CPUs with AVX512_BF16/AMX, else fp32."""
-    quantize: Literal["none", "int8"] = "none"
-    """`int8`: dynamic int8 quantization of Linear layers (CPU only; speed measured in bench/)."""
+    quantize: Literal["none", "int8", "int8-weight"] = "none"
+    """`int8`: dynamic int8 quantization of Linear layers (CPU only; speed measured in bench/).
+    `int8-weight`: weight-only int8 (8-bit weights, fp32 activations; CPU only). Accuracy of both
+    is unmeasured without the real weights (README)."""
     threads: int | None = None
     """torch intra-op threads; None keeps torch's default (one per core)."""
     warmup: bool = True
@@ -89,6 +91,13 @@ class Settings(BaseSettings):
     """Most clips the aligner places in one forward pass (16 keeps its peak memory low)."""
     served_model_name: str = "qwen3-asr-flash"
     """The name `/v1/models` lists; `qwen3-asr-flash*` and the model id are accepted too."""
+
+    # --- CPU kernels -------------------------------------------------------------------------------
+    cpu_linear: Literal["auto", "packed", "default"] = "auto"
+    """Kernel for the text decoder's Linear layers on CPU (unquantized): `packed` (oneDNN, weights
+    reordered once at load), `default` (torch's), or `auto`: measure both at load (about a second)
+    and keep the faster. Measured: packed 1.6-2.6x faster decoding steps at batch 1-16 in fp32,
+    with and without AVX-512 (bench/RESULTS.md, "CPU kernels", issue 18)."""
 
     # --- batching ----------------------------------------------------------------------------------
     max_batch_size: int = 8

@@ -69,6 +69,64 @@ def quantize_int8(model: Any, device: torch.device | str) -> Any:
     return model
 
 
+def quantize_int8_weight_only(model: Any, device: torch.device | str) -> Any:
+    """Weight-only int8 (issue 18): the text decoder's and head's Linear weights stored as int8 with one
+    fp32 scale per output row; activations stay fp32 (nothing is quantized on the fly, unlike
+    `quantize_int8`). In place; returns the model. CPU only.
+
+    The format community runtimes report as lossless for this model is ggml's Q8_0 (one scale per 32
+    weights); one scale per row, the only layout torch's int8-weight kernel takes, is coarser, and
+    its accuracy has not been measured here (README). Speed: bench/RESULTS.md, "CPU kernels".
+    """
+    if torch.device(device).type != "cpu":
+        raise ModelLoadError("int8 quantization is for CPU; on GPU use bf16.")
+    from qasr.engine.cpu_kernels import text_linears
+
+    model.eval()
+    linears = text_linears(model)
+    if not linears:
+        raise ModelLoadError("Weight-only int8 needs a Qwen3-ASR text decoder; this model has none.")
+    model.model.language_model.float()
+    for name, linear in linears:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, Int8WeightLinear(linear))
+    audio = getattr(getattr(model, "model", None), "audio_tower", None)
+    if audio is not None:
+        audio.register_forward_pre_hook(_cast_input_to(_dtype_of(audio)), with_kwargs=True)
+    return model
+
+
+class Int8WeightLinear(torch.nn.Module):
+    """y = (x W_q^T) * scale (+ bias): int8 weights, fp32 activations and accumulation."""
+
+    def __init__(self, linear: torch.nn.Linear) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        weight, scale = quantize_rows(linear.weight.detach().float())
+        self.register_buffer("weight_int8", weight)
+        self.register_buffer("scale", scale)
+        bias = linear.bias
+        self.bias = None if bias is None else torch.nn.Parameter(bias.detach().float(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, self.in_features).float().contiguous()
+        y: torch.Tensor = torch.ops.aten._weight_int8pack_mm(rows, self.weight_int8, self.scale)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 weights"
+
+
+def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 per output row: `weight ~= q * scale[:, None]`, |q| <= 127, round to nearest."""
+    scale = weight.abs().amax(dim=1).clamp(min=torch.finfo(torch.float32).tiny) / 127.0
+    q = torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return q.contiguous(), scale.float().contiguous()
+
+
 def _text_module_names(model: Any) -> list[str]:
     """The text decoder and the head; `[""]` (the whole model) if it is not laid out as Qwen3-ASR is."""
     inner = getattr(model, "model", None)

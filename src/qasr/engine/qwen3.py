@@ -93,8 +93,11 @@ class Qwen3ASREngine:
         quantize: str = "none",
         threads: int | None = None,
         options: GenerationOptions | None = None,
+        cpu_linear: str = "auto",
     ) -> Qwen3ASREngine:
-        """Load a checkpoint (see `qasr.engine.loading`) and wrap it."""
+        """Load a checkpoint (see `qasr.engine.loading`) and wrap it; `quantize` (`none`, `int8`,
+        `int8-weight`: `qasr.engine.quantize`), and on CPU the text decoder's Linear kernel
+        (`cpu_linear`: `auto`, `packed`, `default`; `qasr.engine.cpu_kernels`, issue 18)."""
         if threads:
             torch.set_num_threads(threads)
         loaded = load(model, device=device, dtype=dtype)
@@ -103,6 +106,17 @@ class Qwen3ASREngine:
 
             loaded.model = quantize_int8(loaded.model, loaded.device)
             loaded.dtype = torch.float32  # int8 kernels take fp32 activations; the rest runs in fp32
+        elif quantize == "int8-weight":
+            from qasr.engine.quantize import quantize_int8_weight_only
+
+            loaded.model = quantize_int8_weight_only(loaded.model, loaded.device)
+            loaded.dtype = torch.float32
+        elif quantize == "none":
+            from qasr.engine.cpu_kernels import apply_cpu_linear
+
+            apply_cpu_linear(loaded.model, cpu_linear, loaded.device, loaded.dtype)
+        else:
+            raise ModelLoadError(f"Unknown quantization {quantize!r}: use none, int8 or int8-weight.")
         return cls(loaded, name=model, options=options)
 
     # --- prompt ----------------------------------------------------------------------------------
