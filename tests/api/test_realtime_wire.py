@@ -236,3 +236,19 @@ def test_oversized_frame_is_refused_by_size(server: LiveServer) -> None:
         client.ws.send('{"type": "input_audio_buffer.append", "audio": "' + "A" * 200_000 + '"}')
         assert client.rest() == []
         assert client.ws.close_code == 1009
+
+
+def test_upgrade_over_the_connection_cap_gets_503(model: Path, tmp_path: Path) -> None:
+    """Open WebSocket sessions count against --max-connections; one more upgrade is answered 503
+    (not let through as a health-check connection), while /health still answers."""
+    with (
+        live_server(model, tmp_path, "--max-connections", "1") as server,
+        raw_client(server, key=None) as client,
+    ):
+        assert client.next()["type"] == "session.created"
+        with pytest.raises(InvalidStatus) as refused, raw_client(server, key=None):
+            pass
+        assert refused.value.response.status_code == 503
+        assert httpx.get(server.url + "/health").status_code == 200
+        client.send("session.finish")
+        assert client.rest()[-1]["type"] == "session.finished"

@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 _ON_LOOP_SAMPLES = 8192
 """Audio up to this many samples per append is handled on the event loop (well under a millisecond)."""
+_PARSE_ON_LOOP_CHARS = 64 * 1024
 _UNSUPPORTED = (
     "response.create",
     "response.cancel",
@@ -276,7 +277,7 @@ class Session:
         self.stats.events_in += 1
         event_id: str | None = None
         try:
-            data = _parse(message)
+            data = await _parse(message)
             raw_id = data.get("event_id")
             event_id = raw_id[:100] if isinstance(raw_id, str) else None
             kind = data["type"]
@@ -525,13 +526,19 @@ class Session:
         return self.config.to_wire(self.id, self.model)
 
 
-def _parse(message: Any) -> dict[str, Any]:
-    if message.get("text") is None:
+async def _parse(message: Any) -> dict[str, Any]:
+    text = message.get("text")
+    if text is None:
         raise EventError(
             "Binary frames are not part of this API: send JSON text events.", code="invalid_event", param=None
         )
     try:
-        data = json.loads(message["text"])
+        # A large append (megabytes of base64) is parsed off the event loop.
+        data = (
+            json.loads(text)
+            if len(text) <= _PARSE_ON_LOOP_CHARS
+            else await asyncio.to_thread(json.loads, text)
+        )
     except (ValueError, RecursionError):
         raise EventError("The event is not valid JSON.", code="invalid_event") from None
     if not isinstance(data, dict) or not isinstance(data.get("type"), str):
