@@ -43,7 +43,8 @@ def words(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def server(model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    args = ["--api-key", KEY, "--live-max-append-bytes", "20000"]
+    # -vv: debug logs, where the `websockets` library writes every request header, keys included.
+    args = ["--api-key", KEY, "--live-max-append-bytes", "20000", "-v", "-v"]
     with live_server(model, tmp_path_factory.mktemp("logs"), *args) as live:
         yield live
 
@@ -161,7 +162,9 @@ def test_browser_token(server: LiveServer, words: np.ndarray) -> None:
     forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
     with raw_client(server, key=None, query=f"?model={MODEL}&token={forged}") as client:
         _error(client.rest()[0], "invalid_api_key")
-    assert token not in server.log and second not in server.log and KEY not in server.log
+    log = server.log
+    assert "< GET /api-ws/v1/realtime?… HTTP/1.1" in log  # debug logging was on: the lines were there
+    assert token not in log and second not in log and forged not in log and KEY not in log
 
 
 def test_limits(model: Path, tmp_path: Path) -> None:

@@ -167,15 +167,24 @@ async def _refuse_draining(scope: Scope, send: Send, rid: str) -> None:
 
 
 class QueryRedactor(logging.Filter):
-    """Removes query strings from log lines: uvicorn logs each WebSocket handshake with its full URL,
-    and a browser's realtime token may travel in it (`?token=`). Only the path is kept."""
+    """Keeps credentials out of uvicorn's WebSocket log lines: each handshake is logged with its full
+    URL, where a browser's realtime token may travel (`?token=`), so only the path is kept; and at
+    debug level the `websockets` library logs every request header, so the values of those that
+    carry keys or tokens (`Authorization`, `Sec-WebSocket-Protocol`, cookies) are replaced."""
 
     _QUERY = re.compile(r"(/[^\s\"'?]*)\?[^\s\"']*")
+    _SECRET_HEADER = re.compile(
+        r"^([<>] (?:authorization|proxy-authorization|sec-websocket-protocol|cookie|set-cookie): ).*$",
+        re.IGNORECASE,
+    )
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        if "?" in message:
-            record.msg, record.args = self._QUERY.sub(r"\1?…", message), ()
+        redacted = self._SECRET_HEADER.sub(r"\1<redacted>", message)
+        if "?" in redacted:
+            redacted = self._QUERY.sub(r"\1?…", redacted)
+        if redacted != message:
+            record.msg, record.args = redacted, ()
         return True
 
 
