@@ -75,8 +75,8 @@ def quantize_int8_weight_only(model: Any, device: torch.device | str) -> Any:
     `quantize_int8`). In place; returns the model. CPU only.
 
     The format community runtimes report as lossless for this model is ggml's Q8_0 (one scale per 32
-    weights); one scale per row, the only layout torch's int8-weight kernel takes, is coarser, and
-    its accuracy has not been measured here (README). Speed: bench/RESULTS.md, "CPU kernels".
+    weights); one scale per row is coarser (what torch's and torchao's int8 weight-only formats use),
+    and its accuracy has not been measured here (README). Speed: bench/RESULTS.md, "CPU kernels".
     """
     if torch.device(device).type != "cpu":
         raise ModelLoadError("int8 quantization is for CPU; on GPU use bf16.")
@@ -87,10 +87,11 @@ def quantize_int8_weight_only(model: Any, device: torch.device | str) -> Any:
     if not linears:
         raise ModelLoadError("Weight-only int8 needs a Qwen3-ASR text decoder; this model has none.")
     model.model.language_model.float()
+    scratch: dict[int, torch.Tensor] = {}
     for name, linear in linears:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, Int8WeightLinear(linear))
+        setattr(parent, child, Int8WeightLinear(linear, scratch))
     audio = getattr(getattr(model, "model", None), "audio_tower", None)
     if audio is not None:
         audio.register_forward_pre_hook(_cast_input_to(_dtype_of(audio)), with_kwargs=True)
@@ -98,9 +99,20 @@ def quantize_int8_weight_only(model: Any, device: torch.device | str) -> Any:
 
 
 class Int8WeightLinear(torch.nn.Module):
-    """y = (x W_q^T) * scale (+ bias): int8 weights, fp32 activations and accumulation."""
+    """y = (x W_q^T) * scale (+ bias): int8 weights, fp32 activations and accumulation.
 
-    def __init__(self, linear: torch.nn.Linear) -> None:
+    torch 2.13 has no fast CPU kernel for int8 weights with fp32 activations: its
+    `aten._weight_int8pack_mm` measured 4-20x slower than the fp32 product at 1-16 rows (2-core EPYC).
+    So each block of rows is widened to fp32 in a small scratch that stays in cache (4 MB) and
+    multiplied there: memory traffic is the int8 weight plus cache-resident work. Modules of one model
+    share the scratch, so calls must not overlap (the engine runs one batch at a time).
+    """
+
+    _SCRATCH_BYTES = 4 * 1024 * 1024
+    weight_int8: torch.Tensor
+    scale: torch.Tensor
+
+    def __init__(self, linear: torch.nn.Linear, scratch: dict[int, torch.Tensor] | None = None) -> None:
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         weight, scale = quantize_rows(linear.weight.detach().float())
@@ -108,10 +120,23 @@ class Int8WeightLinear(torch.nn.Module):
         self.register_buffer("scale", scale)
         bias = linear.bias
         self.bias = None if bias is None else torch.nn.Parameter(bias.detach().float(), requires_grad=False)
+        self._scratch = {} if scratch is None else scratch
+        self._block = max(16, self._SCRATCH_BYTES // (4 * self.in_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, self.in_features).float().contiguous()
-        y: torch.Tensor = torch.ops.aten._weight_int8pack_mm(rows, self.weight_int8, self.scale)
+        rows = x.reshape(-1, self.in_features).float()
+        scratch = self._scratch.get(self.in_features)
+        if scratch is None:
+            scratch = self._scratch[self.in_features] = torch.empty(self._block, self.in_features)
+        # Computed transposed (out x rows) so that each block's result is a contiguous slice.
+        out_t = rows.new_empty(self.out_features, rows.shape[0])
+        rows_t = rows.t()
+        for start in range(0, self.out_features, self._block):
+            stop = min(start + self._block, self.out_features)
+            block = scratch[: stop - start]
+            block.copy_(self.weight_int8[start:stop])
+            torch.mm(block, rows_t, out=out_t[start:stop])
+        y = out_t.mul_(self.scale[:, None]).t()
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*x.shape[:-1], self.out_features)
