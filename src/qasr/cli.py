@@ -162,6 +162,8 @@ _SERVE_OPTIONS = (
     _Option("--live-idle-timeout-s", "live_idle_timeout_s"),
     _Option("--live-max-append-bytes", "live_max_append_bytes"),
     _Option("--live-token-ttl-s", "live_token_ttl_s"),
+    _Option("--live-max-utterance-s", "live_max_utterance_s"),
+    _Option("--live-step-tokens", "live_step_tokens"),
 )
 _FLAGS = {o.name: o.flag for o in (*_SERVE_OPTIONS, *_MODEL_OPTIONS)}
 """Settings field -> its option, to name both in a validation error."""

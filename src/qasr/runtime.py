@@ -97,7 +97,7 @@ class Runtime:
             options = pipeline_options(settings, server=server)
             transcriber = Transcriber(scheduler, vad, options, aligner=aligner)
             uploads = UploadStore.from_settings(settings) if server else None
-            live = build_live(scheduler, vad, model) if server else None
+            live = build_live(settings, scheduler, vad, model) if server else None
         except BaseException:
             scheduler.close()
             if aligner is not None:
@@ -213,12 +213,15 @@ def load_aligner_engine(settings: Settings) -> ModelWork[AlignRequest, AlignResu
     return aligner
 
 
-def build_live(scheduler: AsrScheduler, vad: VoiceActivityDetector | None, engine: Engine) -> LiveRecognizer:
+def build_live(
+    settings: Settings, scheduler: AsrScheduler, vad: VoiceActivityDetector | None, engine: Engine
+) -> LiveRecognizer:
     """The live recognizer (issue 16): its steps go through the recognizer's scheduler, with the
     engine's per-utterance encoder cache where it has one."""
-    from qasr.live import LiveRecognizer
+    from qasr.live import LiveConfig, LiveRecognizer
 
-    return LiveRecognizer(scheduler, vad, encoder_cache=getattr(engine, "new_window_cache", None))
+    config = LiveConfig(max_utterance_s=settings.live_max_utterance_s, step_tokens=settings.live_step_tokens)
+    return LiveRecognizer(scheduler, vad, config, encoder_cache=getattr(engine, "new_window_cache", None))
 
 
 def describe_aligner(metrics: Metrics, aligner: object) -> None:

@@ -209,6 +209,15 @@ class Settings(BaseSettings):
     live_token_ttl_s: float = 60.0
     """How long a browser token from `POST /api/v1/realtime/tokens` may be used to open one session."""
 
+    # --- live decoding (the recognizer behind live sessions, issue 16) -----------------------------
+    live_max_utterance_s: float = Field(default=30.0, ge=5.0, le=120.0)
+    """Longest live utterance: a longer one is cut (at its quietest point) and goes on as a new one.
+    Each interim step re-reads the open utterance (its 8 s encoder windows are cached, the prompt is
+    not), so this bounds the work per step and the memory per session (bench/RESULTS.md, "Live")."""
+    live_step_tokens: int = Field(default=8, ge=1, le=64)
+    """Most new tokens one interim (`text`/`stash`) step decodes, past the settled text forced as
+    its start: about a second of speech plus the words held back. Finals are not capped by it."""
+
     # --- async file jobs (the filetrans API, issue 15) -----------------------------------------------
     jobs_dir: Path | None = None
     """Where async file jobs live (the SQLite task store `tasks.sqlite3`, result documents, the

@@ -40,7 +40,13 @@ def test_only_a_server_runtime_has_a_live_recognizer(engine: Qwen3ASREngine) -> 
         assert server.live is not None
         assert server.live.scheduler is server.scheduler  # live steps share the model's batches
         assert server.live.encoder_cache == engine.new_window_cache
-        assert server.live.max_utterance_s > 0
+        assert server.live.max_utterance_s == 30.0
+    tuned = Settings(model="tiny", warmup=False, live_max_utterance_s=20, live_step_tokens=5)
+    with Runtime.build(tuned, engine, server=True) as server:
+        assert server.live is not None
+        assert (server.live.max_utterance_s, server.live.config.step_tokens) == (20.0, 5)
+    with pytest.raises(ValueError, match="live_max_utterance_s"):
+        Settings(live_max_utterance_s=1.0)
 
 
 def _utterance_run(
