@@ -7,6 +7,8 @@ model here predicts one), no `language` while it is not known.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import math
 import uuid
 from dataclasses import dataclass, replace
@@ -16,6 +18,7 @@ from qasr.api.errors import classify
 from qasr.errors import InvalidRequest, QasrError, UnknownLanguage, format_value
 from qasr.live import LiveOptions
 from qasr.text.languages import normalize_code
+from qasr.types import SAMPLE_RATE
 
 SAMPLE_RATES = (16000, 8000)
 """Input sample rates the cloud documents; 8 kHz is upsampled to 16 kHz."""
@@ -27,6 +30,16 @@ MAX_CONTEXT_CHARS = 160_000
 SILENCE_MS_RANGE = (200, 6000)
 """`turn_detection.silence_duration_ms` range the SDK documents."""
 MAX_PREFIX_PADDING_MS = 2000
+_PARSE_ON_LOOP_CHARS = 64 * 1024
+UNSUPPORTED_EVENTS = (
+    "response.create",
+    "response.cancel",
+    "conversation.item.create",
+    "conversation.item.delete",
+    "conversation.item.truncate",
+    "input_image_buffer.append",
+)
+"""Client events the SDK defines that mean nothing for recognition: refused with an `error` event."""
 
 
 def new_id(prefix: str) -> str:
@@ -315,4 +328,48 @@ def transcription_failed(item_id: str, error: EventError) -> dict[str, Any]:
     body = {"type": error.kind, "code": error.code, "message": error.message}
     return event(
         "conversation.item.input_audio_transcription.failed", item_id=item_id, content_index=0, error=body
+    )
+
+
+async def parse_event(message: Any) -> dict[str, Any]:
+    """A client frame (an ASGI `websocket.receive` message) as an event object, or `EventError`."""
+    text = message.get("text")
+    if text is None:
+        raise EventError(
+            "Binary frames are not part of this API: send JSON text events.", code="invalid_event"
+        )
+    try:
+        # A large append (megabytes of base64) is parsed off the event loop.
+        data = (
+            json.loads(text)
+            if len(text) <= _PARSE_ON_LOOP_CHARS
+            else await asyncio.to_thread(json.loads, text)
+        )
+    except (ValueError, RecursionError):
+        raise EventError("The event is not valid JSON.", code="invalid_event") from None
+    if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+        raise EventError(
+            "An event is a JSON object with a string `type`.", code="invalid_event", param="type"
+        )
+    return data
+
+
+def ms(samples: int) -> int:
+    """Milliseconds of 16 kHz audio."""
+    return int(samples * 1000 // SAMPLE_RATE)
+
+
+def end_error(reason: str, max_session_s: float, idle_timeout_s: float) -> EventError:
+    """The `error` event that says why the server ended a session (`expired`, `idle`, `draining`)."""
+    if reason == "expired":
+        return EventError(
+            f"The session reached this server's limit of {max_session_s:.0f} s; open a new session.",
+            code="session_expired",
+        )
+    if reason == "idle":
+        return EventError(
+            f"No event arrived for {idle_timeout_s:.0f} s; the session was closed.", code="idle_timeout"
+        )
+    return EventError(
+        "The server is restarting; reconnect shortly.", code="server_shutting_down", kind="server_error"
     )

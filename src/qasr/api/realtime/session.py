@@ -24,19 +24,23 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import numpy as np
 
 from qasr.api.realtime.audio import Audio, Cut, Cutter, PcmDecoder, SpeechStarted, SpeechStopped, TurnDetector
 from qasr.api.realtime.protocol import (
+    UNSUPPORTED_EVENTS,
     EventError,
     SessionConfig,
     apply_update,
+    end_error,
     error_event,
     event,
     item_created,
+    ms,
     new_id,
+    parse_event,
     transcription_completed,
     transcription_failed,
     transcription_text,
@@ -48,18 +52,8 @@ from qasr.text import itn
 from qasr.types import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 _ON_LOOP_SAMPLES = 8192
 """Audio up to this many samples per append is handled on the event loop (well under a millisecond)."""
-_PARSE_ON_LOOP_CHARS = 64 * 1024
-_UNSUPPORTED = (
-    "response.create",
-    "response.cancel",
-    "conversation.item.create",
-    "conversation.item.delete",
-    "conversation.item.truncate",
-    "input_image_buffer.append",
-)
 
 
 class Socket(Protocol):
@@ -239,7 +233,7 @@ class Session:
         if reason == "finish":
             self._emit(event("session.finished"))
         else:
-            self._emit(error_event(_END_REASONS[reason](self.limits)))
+            self._emit(error_event(end_error(reason, self.limits.max_session_s, self.limits.idle_timeout_s)))
         self._outbox.put_nowait(None)  # the writer stops after the last event
         assert self._writer is not None
         with contextlib.suppress(Exception):
@@ -277,7 +271,7 @@ class Session:
         self.stats.events_in += 1
         event_id: str | None = None
         try:
-            data = await _parse(message)
+            data = await parse_event(message)
             raw_id = data.get("event_id")
             event_id = raw_id[:100] if isinstance(raw_id, str) else None
             kind = data["type"]
@@ -291,7 +285,7 @@ class Session:
                 self._commit()
             elif kind == "input_audio_buffer.clear":
                 self._clear()
-            elif kind in _UNSUPPORTED:
+            elif kind in UNSUPPORTED_EVENTS:
                 raise EventError(
                     f"`{kind}` is not supported: qwen3-asr-flash-realtime only transcribes the audio it is sent.",
                     code="unsupported_event",
@@ -379,7 +373,7 @@ class Session:
                 self._emit(
                     event(
                         "input_audio_buffer.speech_started",
-                        audio_start_ms=_ms(action.speech_at),
+                        audio_start_ms=ms(action.speech_at),
                         item_id=turn.item_id,
                     )
                 )
@@ -396,7 +390,7 @@ class Session:
                             self._emit(
                                 event(
                                     "input_audio_buffer.speech_started",
-                                    audio_start_ms=_ms(piece.at),
+                                    audio_start_ms=ms(piece.at),
                                     item_id=turn.item_id,
                                 )
                             )
@@ -427,9 +421,7 @@ class Session:
         turn.final = asyncio.ensure_future(turn.utterance.final())
         if announce_stop:
             end = self._received if at is None else at
-            self._emit(
-                event("input_audio_buffer.speech_stopped", audio_end_ms=_ms(end), item_id=turn.item_id)
-            )
+            self._emit(event("input_audio_buffer.speech_stopped", audio_end_ms=ms(end), item_id=turn.item_id))
         self._emit(
             event("input_audio_buffer.committed", previous_item_id=self._previous_item, item_id=turn.item_id)
         )
@@ -524,55 +516,3 @@ class Session:
 
     def _wire(self) -> dict[str, Any]:
         return self.config.to_wire(self.id, self.model)
-
-
-async def _parse(message: Any) -> dict[str, Any]:
-    text = message.get("text")
-    if text is None:
-        raise EventError(
-            "Binary frames are not part of this API: send JSON text events.", code="invalid_event", param=None
-        )
-    try:
-        # A large append (megabytes of base64) is parsed off the event loop.
-        data = (
-            json.loads(text)
-            if len(text) <= _PARSE_ON_LOOP_CHARS
-            else await asyncio.to_thread(json.loads, text)
-        )
-    except (ValueError, RecursionError):
-        raise EventError("The event is not valid JSON.", code="invalid_event") from None
-    if not isinstance(data, dict) or not isinstance(data.get("type"), str):
-        raise EventError(
-            "An event is a JSON object with a string `type`.", code="invalid_event", param="type"
-        )
-    return data
-
-
-def _ms(samples: int) -> int:
-    return int(samples * 1000 // SAMPLE_RATE)
-
-
-def _expired(limits: SessionLimits) -> EventError:
-    return EventError(
-        f"The session reached this server's limit of {limits.max_session_s:.0f} s; open a new session.",
-        code="session_expired",
-    )
-
-
-def _idle(limits: SessionLimits) -> EventError:
-    return EventError(
-        f"No event arrived for {limits.idle_timeout_s:.0f} s; the session was closed.", code="idle_timeout"
-    )
-
-
-def _draining(limits: SessionLimits) -> EventError:
-    return EventError(
-        "The server is restarting; reconnect shortly.", code="server_shutting_down", kind="server_error"
-    )
-
-
-_END_REASONS: dict[str, Callable[[SessionLimits], EventError]] = {
-    "expired": _expired,
-    "idle": _idle,
-    "draining": _draining,
-}
