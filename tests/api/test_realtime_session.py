@@ -233,6 +233,33 @@ async def _idle_session_ends_with_its_last_result(vad: VoiceActivityDetector) ->
     assert socket.sent[-1]["type"] == "error" and socket.sent[-1]["error"]["code"] == "idle_timeout"
 
 
+async def _closed_utterances_waiting_for_finals_stop_the_reading(vad: VoiceActivityDetector) -> None:
+    socket = Socket()
+    recognizer = Recognizer(*[([], f"final {k}") for k in range(4)])
+    run = asyncio.ensure_future(_session(socket, recognizer, vad, max_pending_finals=2).run())
+    _manual(socket)
+    for _ in range(4):
+        socket.append(SECOND[:8000])
+        socket.push("input_audio_buffer.commit")
+    socket.push("session.finish")
+    await socket.wait_for(lambda sent: [e["type"] for e in sent].count("conversation.item.created") == 1)
+    for made in recognizer.made:
+        made.release.clear()  # finals held from here on (the first, at least)
+    await socket.wait_for(lambda sent: [e["type"] for e in sent].count("conversation.item.created") == 2)
+    await asyncio.sleep(0.2)
+    # Two closed utterances wait for their finals: the reader takes no more audio meanwhile.
+    assert socket.incoming.qsize() > 0 and len(recognizer.made) <= 3
+    for made in recognizer.made:
+        made.release.set()
+    while not run.done():
+        for made in recognizer.made:
+            made.release.set()
+        await asyncio.sleep(0.01)
+    assert run.result() == 1000
+    transcripts = [e["transcript"] for e in socket.sent if e["type"].endswith(".completed")]
+    assert transcripts == [f"final {k}" for k in range(4)]
+
+
 def test_text_and_stash_then_the_final(vad: VoiceActivityDetector) -> None:
     asyncio.run(_text_and_stash_then_the_final(vad))
 
@@ -251,3 +278,7 @@ def test_a_disconnect_frees_everything(vad: VoiceActivityDetector) -> None:
 
 def test_idle_session_ends_with_its_last_result(vad: VoiceActivityDetector) -> None:
     asyncio.run(_idle_session_ends_with_its_last_result(vad))
+
+
+def test_closed_utterances_waiting_for_finals_stop_the_reading(vad: VoiceActivityDetector) -> None:
+    asyncio.run(_closed_utterances_waiting_for_finals_stop_the_reading(vad))
