@@ -255,3 +255,26 @@ def test_upgrade_over_the_connection_cap_gets_503(model: Path, tmp_path: Path) -
         assert httpx.get(server.url + "/health").status_code == 200
         client.send("session.finish")
         assert client.rest()[-1]["type"] == "session.finished"
+
+
+def test_itn_applies_to_final_transcripts(tiny_dir: Path, tmp_path: Path, words: np.ndarray) -> None:
+    """qasr's `input_audio_transcription.enable_itn`: the same text processing as the other APIs."""
+    from qasr.text import itn
+
+    if not itn.available():
+        pytest.skip(itn.UNAVAILABLE_HINT)
+    model = rigged_checkpoint(tiny_dir, tmp_path / "model", "It is twenty five.")
+    with live_server(model, tmp_path) as server:
+        transcripts = []
+        for enable in (True, False):
+            with raw_client(server, key=None) as client:
+                client.next()
+                client.send("session.update", session={"input_audio_transcription": {"enable_itn": enable}})
+                updated = client.next()["session"]["input_audio_transcription"]
+                assert updated.get("enable_itn", False) is enable
+                client.append(np.concatenate([silence(0.3), words]))
+                client.send("session.finish")
+                events = client.rest()
+                transcripts += [e["transcript"] for e in of_type(events, COMPLETED)]
+                assert of_type(events, COMPLETED), events
+    assert transcripts == ["It is 25.", "It is twenty five."]
