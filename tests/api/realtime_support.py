@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.signal import resample_poly
 from websockets.sync.client import ClientConnection, connect
 
 from qasr.audio.decode import decode_audio
@@ -36,8 +35,12 @@ COMPLETED = "conversation.item.input_audio_transcription.completed"
 
 def write_wav(path: Path, samples: np.ndarray, rate: int = SAMPLE_RATE) -> Path:
     """Mono 16-bit WAV of float samples in [-1, 1] at `rate` (16 kHz samples are resampled)."""
-    if rate != SAMPLE_RATE:
-        samples = resample_poly(samples, rate, SAMPLE_RATE).astype(np.float32)
+    if rate == 8000:  # low-pass below 4 kHz (a 101-tap windowed sinc), then every other sample
+        n = np.arange(101) - 50
+        taps = 0.45 * np.sinc(0.45 * n) * np.hamming(101)
+        samples = np.convolve(samples, taps / taps.sum(), mode="same")[::2].astype(np.float32)
+    elif rate != SAMPLE_RATE:
+        raise ValueError(f"write_wav: 16000 or 8000 Hz, not {rate}")
     with wave.open(str(path), "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
