@@ -2,13 +2,17 @@
 
 Why: a decoding step multiplies a handful of rows (one per clip in the batch) by every decoder weight,
 so it should cost about what reading the weights costs, whatever the batch size. torch's default
-CPU `F.linear` (MKL sgemm on a plain row-major weight) is far from that at batch 2-16: on the 2-core
-CPUs measured here, 1024 -> 3072 in fp32 took 1.3-1.9 ms per call at 2-16 rows against 0.5-0.9 ms for
-oneDNN with the weight reordered once into its blocked layout (`mkldnn::_reorder_linear_weight`) and
-run by `mkldnn::_linear_pointwise` (the kernels `torch.compile` itself uses on CPU after freezing);
+CPU `F.linear` (MKL sgemm on a plain row-major weight) is far from that at 2-16 rows: on the 2-core
+EPYC measured here, 1024 -> 3072 in fp32 over weights too big for the cache took 1.4-2.0 ms per call
+at 2-16 rows, against 0.5-0.7 ms (0.7-1.3 ms with oneDNN held to AVX2) for oneDNN with the weight
+reordered once into its blocked layout (`mkldnn::_reorder_linear_weight`) and run by
+`mkldnn::_linear_pointwise` (the kernels `torch.compile` itself uses on CPU after freezing);
 bench/RESULTS.md, "CPU kernels", has the numbers per CPU class. MKL's own packed sgemm
 (`mkl::_mkl_linear`) and `torch.utils.mkldnn.to_mkldnn` (which converts every activation to and from
-oneDNN's layout) were measured too and were slower.
+oneDNN's layout) were measured too and were slower. `torch.compile` with max-autotune was tried on
+one weight shape and left out: 32 s to compile 12 weights at one row count on 2 cores (it recompiles
+per weight and per batch size), and its autotuner picked MKL's packed sgemm (slower than oneDNN's
+packed product in the measurements above) over its own CPU GEMM template (8 ms per call).
 
 Accuracy: the same fp32 (or bf16) products, only summed in another order; oneDNN runs fp32 strictly
 unless `torch.backends.mkldnn.matmul.fp32_precision` is lowered, which qasr never does

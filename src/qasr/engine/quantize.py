@@ -106,6 +106,7 @@ class Int8WeightLinear(torch.nn.Module):
     So each block of rows is widened to fp32 in a small scratch that stays in cache (4 MB) and
     multiplied there: memory traffic is the int8 weight plus cache-resident work. Modules of one model
     share the scratch, so calls must not overlap (the engine runs one batch at a time).
+    (`torch.compile` with freezing folds the widening into fp32 weights, giving back the fp32 model.)
     """
 
     _SCRATCH_BYTES = 4 * 1024 * 1024
