@@ -116,6 +116,31 @@ def test_cancelled_request_leaves_and_others_still_batch(engine: Qwen3ASREngine)
     asyncio.run(main())
 
 
+def test_lone_request_cancelled_while_the_batch_gathers_leaves_the_worker_running(
+    engine: Qwen3ASREngine,
+) -> None:
+    """The only waiting request leaves while the worker waits for company (a live final cancels its
+    utterance's queued partial this way): the worker starts over instead of dying."""
+
+    async def main() -> None:
+        scheduler = Scheduler(engine, SchedulerPolicy(max_batch_size=4, max_wait_ms=2000, max_queue=8))
+        scheduler.start()
+        try:
+            doomed = asyncio.ensure_future(scheduler.submit(EngineRequest(noise(1.0))))
+            while scheduler.queue_depth < 1:
+                await asyncio.sleep(0.01)
+            doomed.cancel()
+            while scheduler.queue_depth:
+                await asyncio.sleep(0.01)
+            result = await scheduler.submit(EngineRequest(noise(1.0, seed=3)))
+            assert result.text == engine.transcribe([EngineRequest(noise(1.0, seed=3))])[0].text
+            assert scheduler.healthy and scheduler.error is None
+        finally:
+            scheduler.close()
+
+    asyncio.run(main())
+
+
 def test_cancel_mid_generation_ends_the_row(engine: Qwen3ASREngine) -> None:
     """A request cancelled while its batch runs stops at the next token; its neighbour finishes. The
     engine's own results show it: the cancelled row ended as `cancelled`, long before its budget."""

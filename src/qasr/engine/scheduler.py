@@ -337,29 +337,28 @@ class Scheduler(Generic[Req, Res]):
 
     def _next_batch(self) -> list[_Pending] | None:
         with self._cond:
-            while not self._closing:
+            while True:
+                head = self._wait_for_head()
+                if head is None:
+                    return None
+                # Give concurrent requests a moment to arrive, unless the batch is already full;
+                # longer if some are known to be on their way (admitted, or being prepared).
+                wait_until = head.enqueued + self.policy.max_wait_ms / 1000
+                hold_until = head.enqueued + max(self.policy.max_hold_ms, self.policy.max_wait_ms) / 1000
+                while len(self._candidates(head)) < self.policy.max_batch_size and not self._closing:
+                    coming = sum(self._arriving.values()) + self._preparing > 0
+                    remaining = (hold_until if coming else wait_until) - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
+                if self._closing:
+                    return None
+                # Callers may have left during the wait (a live final cancels its utterance's queued
+                # partial): build the batch around whoever is still waiting; if nobody is, start over.
                 self._drop_dead()
                 head = self._head()
                 if head is not None:
                     break
-                self._cond.wait(self._next_deadline_in())
-            if self._closing:
-                return None
-            assert head is not None
-            # Give concurrent requests a moment to arrive, unless the batch is already full; longer
-            # if some are known to be on their way (admitted, or being prepared).
-            wait_until = head.enqueued + self.policy.max_wait_ms / 1000
-            hold_until = head.enqueued + max(self.policy.max_hold_ms, self.policy.max_wait_ms) / 1000
-            while len(self._candidates(head)) < self.policy.max_batch_size and not self._closing:
-                coming = sum(self._arriving.values()) + self._preparing > 0
-                remaining = (hold_until if coming else wait_until) - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._cond.wait(remaining)
-            if self._closing:
-                return None
-            self._drop_dead()
-            head = self._head() or head
             batch = self._pick(head)
             for item in batch:
                 self._waiting[item.priority].remove(item)
@@ -367,6 +366,16 @@ class Scheduler(Generic[Req, Res]):
                 self._depth_changed(priority)
             self._running = batch
             return batch
+
+    def _wait_for_head(self) -> _Pending | None:
+        """Block (holding the condition) until a request waits; None when the scheduler closes."""
+        while not self._closing:
+            self._drop_dead()
+            head = self._head()
+            if head is not None:
+                return head
+            self._cond.wait(self._next_deadline_in())
+        return None
 
     def _head(self) -> _Pending | None:
         """The request the next batch is built around: a starved one (oldest first), else the oldest
