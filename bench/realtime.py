@@ -376,6 +376,12 @@ async def run_dtype(
     qasr = System("qasr", work, args, cached=True, batch=args.max_batch)
     base = System("baseline", work, args, cached=False, batch=1)
     out = [f"### {label}", "", header()]
+
+    def note(line: str) -> None:
+        """A finding: into the report, and into the log at once (a long run shows progress)."""
+        out.append(line)
+        log(f"{label}: {line}")
+
     results = {}
     for system in (qasr, base):
         levels = await sweep(system, bank, args)
@@ -383,11 +389,11 @@ async def run_dtype(
         out += [lv.row() for lv in levels]
     best = {k: most_held(v) for k, v in results.items()}
     ratio = f"{best['qasr'] / best['baseline']:.1f}x" if best["baseline"] else "n/a (baseline holds none)"
-    out += [
-        "",
+    out.append("")
+    note(
         f"- most sessions held (partial p95 <= 1 s, final p95 <= 1.5 s): qasr {best['qasr']}, "
-        f"baseline {best['baseline']} ({ratio})",
-    ]
+        f"baseline {best['baseline']} ({ratio})"
+    )
     n = max(1, best["qasr"])
     loaded = [
         await measure(qasr, n, bank, args, file_path),
@@ -399,20 +405,21 @@ async def run_dtype(
         "",
         header(),
     ]
-    out += [lv.row() for lv in loaded]
-    out += [
+    for lv in loaded:
+        note(lv.row())
+    note(
         f"- file audio transcribed meanwhile: qasr run {loaded[0].file_s:.0f} s, baseline run {loaded[1].file_s:.0f} s"
-    ]
+    )
     long_audio = np.concatenate([utterance_audio(bank, 30.0, np.random.default_rng(3))])
     for system in (qasr, base):
         ages = await step_times(system, long_audio, (5.0, 25.0), args)
-        out.append(
+        note(
             f"- {system.name}: one step alone at utterance age 5 s {ages[5.0]:.2f} s, at 25 s {ages[25.0]:.2f} s "
             f"(ratio {ages[25.0] / ages[5.0]:.2f})"
         )
     if args.session_min > 0:
         info = await long_session(qasr, bank, args.session_min, args)
-        out.append(
+        note(
             f"- qasr, one session of {args.session_min:.0f} min of back-to-back utterances (4-20 s), a step every "
             f"{args.session_step_s:.0f} s of audio as fast as the model allows: median step {info['first_minute_step_s']:.2f} s in minute 1, "
             f"{info['last_minute_step_s']:.2f} s in minute {info['last_minute']:.0f} "
