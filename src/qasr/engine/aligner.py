@@ -140,16 +140,19 @@ class Qwen3AlignerEngine:
         return len(request.samples)
 
     def run(self, jobs: Sequence[Job[AlignRequest]]) -> list[AlignResult]:
-        """Align a batch in one forward pass; blocking; call from a worker thread."""
+        """Align a batch, in as few forward passes as padding allows (`padding_groups`); blocking;
+        call from a worker thread."""
         prepared = [
             job.prepared if isinstance(job.prepared, PreparedAlignment) else self.prepare(job.request)
             for job in jobs
         ]
-        clips = [p.clip for p in prepared if p.clip is not None]
-        classes = iter(self._classify(clips) if clips else [])
+        clips = {i: p.clip for i, p in enumerate(prepared) if p.clip is not None}
+        classes: dict[int, list[int]] = {}
+        for group in padding_groups({i: len(c.input_ids) for i, c in clips.items()}):
+            classes.update(zip(group, self._classify([clips[i] for i in group]), strict=True))
         return [
-            AlignResult(self._spans(job.request, next(classes))) if p.clip is not None else AlignResult(())
-            for job, p in zip(jobs, prepared, strict=True)
+            AlignResult(self._spans(job.request, classes[i])) if i in classes else AlignResult(())
+            for i, job in enumerate(jobs)
         ]
 
     def align(self, requests: Sequence[AlignRequest]) -> list[AlignResult]:
@@ -185,6 +188,30 @@ class Qwen3AlignerEngine:
         duration = len(request.samples) / SAMPLE_RATE
         times = [request.offset_s + min(max(t / 1000.0, 0.0), duration) for t in ms]
         return tuple((round(times[i], 3), round(times[i + 1], 3)) for i in range(0, len(times), 2))
+
+
+MAX_PADDING = 0.25
+"""Most of a forward pass that may go to right-padding: a batch that would waste more is split."""
+
+
+def padding_groups(lengths: dict[int, int]) -> list[list[int]]:
+    """The keys of `lengths` (input lengths in tokens) in sub-batches, shortest first, each padded to
+    its longest member with at most `MAX_PADDING` of its tokens being padding. One pass costs what its
+    padded size costs (the aligner is compute-bound: bench/RESULTS.md), so a 20 s segment batched with
+    a 2 s one would make the short one cost 20 s; similar lengths stay together."""
+    groups: list[list[int]] = []
+    group: list[int] = []
+    real = 0
+    for key in sorted(lengths, key=lambda k: (lengths[k], k)):
+        width = lengths[key]  # the longest so far: keys come shortest first
+        if group and width * (len(group) + 1) * (1 - MAX_PADDING) > real + width:
+            groups.append(group)
+            group, real = [], 0
+        group.append(key)
+        real += width
+    if group:
+        groups.append(group)
+    return groups
 
 
 def collate_right(clips: Sequence[PreparedClip], pad_token_id: int) -> dict[str, torch.Tensor]:
