@@ -13,7 +13,9 @@ import httpx
 import pytest
 from openai import OpenAI
 
+from qasr.api.openai.protocol import transcription_verbose
 from qasr.text.subtitles import parse_srt
+from qasr.types import Segment, Transcript, Word
 from tests.helpers import rigged_checkpoint, two_utterances
 from tests.server import LiveServer, live_server
 
@@ -130,3 +132,14 @@ def test_srt_cues_start_at_their_first_word(aligned: LiveServer, audio: Path) ->
         assert cue.start_s >= words[at]["start"] - 5e-4  # never before its first word is spoken
         at += count
     assert at == len(words)
+
+
+def test_verbose_json_marks_repaired_words_only() -> None:
+    words = (Word("Hello,", 0.0, 0.4), Word("world.", 0.4, 0.5, repaired=True))
+    segment = Segment(0.0, 0.5, "Hello, world.", "en", words, "word")
+    transcript = Transcript("Hello, world.", "en", 0.5, (segment,))
+    body = transcription_verbose(transcript, words=True, aligner=True)
+    assert body["words"] == [
+        {"word": "Hello,", "start": 0.0, "end": 0.4},
+        {"word": "world.", "start": 0.4, "end": 0.5, "repaired": True},
+    ]

@@ -363,7 +363,8 @@ def transcription_verbose(t: Transcript, words: bool = False, aligner: bool = Fa
     qasr; null when no speech was heard and none was forced. Segments carry only what the pipeline measures (id, start,
     end, text): no log-probabilities or compression ratios are made up.
 
-    `words` (the `word` granularity): OpenAI's top-level `words: [{word, start, end}]`, from the segments
+    `words` (the `word` granularity): OpenAI's top-level `words: [{word, start, end}]` (plus
+    `repaired: true` on words whose times were repaired), from the segments
     the forced aligner placed (`aligner`: one is loaded). Where some or all could not be placed, the
     qasr extension `word_timestamps` says why; their words are left out, never given invented times."""
     body: dict[str, Any] = {
@@ -378,7 +379,9 @@ def transcription_verbose(t: Transcript, words: bool = False, aligner: bool = Fa
     }
     if words:
         body["words"] = [
-            {"word": w.text, "start": w.start_s, "end": w.end_s}
+            # `repaired` (a qasr extension, only when true): the aligner gave this word no time of its
+            # own (zero-length or out of order), so its times were repaired against its neighbours.
+            {"word": w.text, "start": w.start_s, "end": w.end_s, **({"repaired": True} if w.repaired else {})}
             for s in t.segments
             if s.word_timing == "word"
             for w in s.words
