@@ -113,3 +113,17 @@ def test_signed_urls(tmp_path: Path) -> None:
     assert not signer.check(TASK, "-1", signature, now=0.0)
     again = UrlSigner.in_dir(tmp_path)  # the same key after a restart
     assert again.check(TASK, "2000", signature, now=1999.0)
+
+
+def test_a_long_pause_ends_a_sentence_without_punctuation() -> None:
+    words = (Word("so", 0.0, 0.3), Word("then", 0.3, 0.6), Word("we", 2.0, 2.2), Word("left", 2.2, 2.5))
+    segment = Segment(0.0, 2.6, "so then we left", "en", words, "word")
+    doc = result_document(
+        "f", INFO, [ChannelResult(0, Transcript("so then we left", "en", 3.0, (segment,)))], words=False
+    )
+    sentences = doc["transcripts"][0]["sentences"]
+    assert [(s["text"], s["begin_time"], s["end_time"]) for s in sentences] == [
+        ("so then", 0, 600),
+        ("we left", 2000, 2500),
+    ]
+    assert all("words" not in s for s in sentences)

@@ -2,7 +2,7 @@
 and the signed URL that lets user code fetch it with a plain GET.
 
 Sentences: with word times (the forced aligner placed a segment's words), a segment is split at its
-sentence ends and each sentence spans its words; without them, each speech segment (cut at pauses, up
+sentence ends and long pauses (`qasr.text.words.sentences_from`) and each sentence spans its words; without them, each speech segment (cut at pauses, up
 to `segment_max_s`) is one sentence with the segment's times, since times inside it are not known and
 are never invented. `words` appear only when asked for and only with aligned times; `emotion` is never
 written (no model here predicts one).
@@ -23,10 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qasr.text.join import join_texts
+from qasr.text.words import sentences_from
 from qasr.types import AudioInfo, Segment, Transcript, Word
 
-_SENTENCE_ENDS = "。！？!?；;…"
 _TRAILING_PUNCTUATION = ",.!?;:，。！？；：、…\"'”’)]}」』》〉）"
 """Moved from a word's end into its `punctuation` (the cloud's shape); `%` and the like stay."""
 KEY_FILE = "result-signing.key"
@@ -67,26 +66,10 @@ def _sentences(segment: Segment, words: bool) -> Iterator[dict[str, Any]]:
     if segment.word_timing != "word" or not segment.words:
         yield _sentence(segment.start_s, segment.end_s, segment.language, segment.text.strip(), None)
         return
-    group: list[Word] = []
-    for word in segment.words:
-        group.append(word)
-        if (word.text and word.text[-1] in _SENTENCE_ENDS) or _ends_latin_sentence(word.text):
-            yield _from_words(group, segment.language, words)
-            group = []
-    if group:
-        yield _from_words(group, segment.language, words)
-
-
-def _ends_latin_sentence(text: str) -> bool:
-    return text.endswith(".") and not text[:-1].replace(".", "").isdigit()
-
-
-def _from_words(group: list[Word], language: str | None, words: bool) -> dict[str, Any]:
-    text = ""
-    for word in group:
-        text = join_texts(text, word.text)
-    shown = [_word(w) for w in group] if words else None
-    return _sentence(group[0].start_s, group[-1].end_s, language, text, shown)
+    # Cut where the other APIs cut (qasr.text.words): at sentence punctuation or a long pause.
+    for sentence in sentences_from(segment.text, segment.words):
+        shown = [_word(w) for w in sentence.words] if words else None
+        yield _sentence(sentence.start_s, sentence.end_s, segment.language, sentence.text, shown)
 
 
 def _sentence(
