@@ -40,6 +40,7 @@ _CONTEXT_SLICE_CHARS = 8192
 
 # qwen3-asr-flash, its dated snapshots and the US-region names (spec section 7).
 _CLOUD_NAMES = re.compile(r"^qwen3-asr-flash(-\d{4}-\d{2}-\d{2})?(-us)?$")
+_FILETRANS_NAMES = re.compile(r"^qwen3-asr-flash-filetrans(-\d{4}-\d{2}-\d{2})?(-us)?$")
 
 
 @dataclass
@@ -79,13 +80,15 @@ class Services:
             raise Unauthorized("Invalid API-key provided.")
         return key
 
-    def check_model(self, name: str | None) -> str:
-        """Accept the cloud names and the configured model's own names; refuse anything else."""
+    def check_model(self, name: str | None, *, uploads: bool = False) -> str:
+        """Accept the cloud names and the configured model's own names; refuse anything else.
+        `uploads`: a policy for the SDK's upload flow, which may also name the async file model (its
+        users upload a local file for `qwen3-asr-flash-filetrans` before they submit the job)."""
         if not name:
             raise ModelNotFound("No model given: use qwen3-asr-flash.")
         model = self.settings.model
         own = {self.settings.served_model_name, model, Path(model).name, model.rsplit("/", 1)[-1]}
-        if _CLOUD_NAMES.match(name) or name in own:
+        if _CLOUD_NAMES.match(name) or name in own or (uploads and _FILETRANS_NAMES.match(name)):
             return name
         raise ModelNotFound(
             f"Model {format_value(name)} does not exist here; this server serves qwen3-asr-flash "

@@ -11,7 +11,7 @@ from dashscope.utils.oss_utils import OssUtils
 
 file_url = os.environ.get("FT_FILE_URL", "")
 if os.environ.get("FT_UPLOAD"):
-    uploaded = OssUtils.upload(model="qwen3-asr-flash", file_path=os.environ["FT_UPLOAD"])
+    uploaded = OssUtils.upload(model="qwen3-asr-flash-filetrans", file_path=os.environ["FT_UPLOAD"])
     file_url = uploaded[0] if isinstance(uploaded, tuple) else uploaded  # 2.x returns (url, certificate)
 task = QwenTranscription.async_call(
     model="qwen3-asr-flash-filetrans",

@@ -121,7 +121,7 @@ async def get_policy(request: Request, action: str = "", model: str = "") -> Res
     api_key = svc.check_key(request)
     if action != "getPolicy":
         raise InvalidRequest("Unsupported action: use action=getPolicy.", param="action")
-    model = svc.check_model(model)
+    model = svc.check_model(model, uploads=True)
     upload_host = svc.public_base(request) + UPLOAD_PATH
     data = await asyncio.to_thread(svc.uploads.issue_policy, api_key, model, upload_host)
     return JSONResponse({"request_id": request_id(request), "data": data})
