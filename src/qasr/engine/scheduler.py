@@ -8,14 +8,15 @@ writes them.
 Priorities (`Priority`): final results of live utterances first, then live-session partial steps
 (small and latency-bound; a person is waiting for both), then interactive API
 requests, then background jobs. A batch is drawn from the most urgent class that has work, so a
-background submission delays an interactive one by at most the batch already running. Starvation is
+background submission delays an interactive one by at most the prefill of the batch already running. Starvation is
 bounded: a request that has waited longer than `max_starvation_s` is served next whatever its class.
 
-Live work does not even wait for the batch already running (issue 16): while a batch of another
-class decodes, the engine calls back between tokens (`Job.between_tokens`) and live work that is
-waiting runs right there, as a nested batch, before the long batch goes on. Only the long batch's
-prefill cannot be interrupted, so while live sessions are active, batches of the other classes are
-kept small (`max_batch_with_live`).
+More urgent work does not even wait for the batch already running: while a batch decodes, the
+engine calls back between tokens (`Job.between_tokens`) and waiting work of a more urgent class runs
+right there, as a nested batch, before the long batch goes on. So live steps do not wait for a sync
+request's batch (issue 16), and sync requests do not wait for a file job's segments (issue 15). Only
+the running batch's prefill cannot be interrupted, so while live sessions are active, batches of the
+other classes are kept small (`max_batch_with_live`); file jobs keep theirs small themselves.
 
 Admission comes first and is cheap (`admit`): a caller asks for a place before it fetches or decodes
 any audio, and an overloaded scheduler refuses at once (`Overloaded`, HTTP 429) instead of after the
@@ -34,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import logging
 import threading
 import time
@@ -430,15 +432,18 @@ class Scheduler(Generic[Req, Res]):
             self.metrics.queue_wait_seconds.labels(self._label, p.priority.name.lower()).observe(
                 started - p.enqueued
             )
-        # A batch of live work is never interrupted; any other may be, between its tokens.
-        interruptible = min(p.priority for p in live) > Priority.LIVE
+        # Between its tokens, a batch lets more urgent work that is waiting run first (live steps
+        # inside a sync request's batch, sync requests inside a file job's); live finals are never
+        # interrupted.
+        urgency = min(p.priority for p in live)
+        serve = functools.partial(self._serve_urgent, urgency) if urgency > Priority.LIVE_FINAL else None
         jobs = [
             Job(
                 p.request,
                 on_delta=self._delta_sender(p) if p.on_delta is not None else None,
                 cancelled=lambda p=p: p.cancelled,  # type: ignore[misc]
                 prepared=p.prepared,
-                between_tokens=self._serve_live if interruptible else None,
+                between_tokens=serve,
             )
             for p in live
         ]
@@ -459,17 +464,17 @@ class Scheduler(Generic[Req, Res]):
         with self._cond:
             self._running = [p for p in self._running if p not in batch]
 
-    def _serve_live(self) -> None:
-        """Between two tokens of a batch of another class (in the worker thread): run the live work
-        that is waiting, most urgent first, without waiting for more to arrive."""
+    def _serve_urgent(self, running: Priority) -> None:
+        """Between two tokens of a batch whose most urgent class is `running` (in the worker thread):
+        run the work of more urgent classes that is waiting, most urgent first, without waiting for
+        more to arrive. Such a nested batch may itself be interrupted by still more urgent work, so
+        the nesting is at most as deep as there are classes."""
         while True:
             with self._cond:
                 if self._closing:
                     return
                 self._drop_dead()
-                heads = [
-                    self._waiting[p][0] for p in (Priority.LIVE_FINAL, Priority.LIVE) if self._waiting[p]
-                ]
+                heads = [self._waiting[p][0] for p in Priority if p < running and self._waiting[p]]
                 if not heads:
                     return
                 batch = self._pick(heads[0])
