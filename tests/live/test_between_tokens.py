@@ -67,7 +67,7 @@ def test_urgent_work_runs_between_the_tokens_of_a_long_batch(
     alone = fixed.transcribe([long_request])[0]
 
     async def main() -> tuple[EngineResult, EngineResult]:
-        scheduler: Scheduler[EngineRequest, EngineResult] = Scheduler(holding, SchedulerPolicy())  # type: ignore[arg-type]
+        scheduler: Scheduler[EngineRequest, EngineResult] = Scheduler(holding, SchedulerPolicy())
         holding.scheduler = scheduler
         scheduler.start()
         try:
