@@ -271,11 +271,17 @@ async def transcribe_file(scheduler: Any, vad: Any, path: Path, level: Level) ->
 
     transcriber = Transcriber(scheduler, vad)
     data = path.read_bytes()
+    done_before = 0.0
+
+    def progress(segments: int, seconds: float) -> None:
+        level.file_s = done_before + seconds  # audio up to the end of the last finished segment
+
     while True:
-        async for item in transcriber.stream(data, TranscribeOptions(), priority=Priority.INTERACTIVE):
-            end = getattr(item, "duration_s", None)
-            if end is not None:
-                level.file_s += end
+        transcript = await transcriber.transcribe(
+            data, TranscribeOptions(), progress=progress, priority=Priority.INTERACTIVE
+        )
+        done_before += transcript.duration_s
+        level.file_s = done_before
 
 
 # --- step cost against utterance and session age -----------------------------------------------------------
