@@ -65,7 +65,7 @@ def test_metrics_move_with_requests_and_batches(engine: Qwen3ASREngine, clip: Pa
     assert _sample(after, "qasr_http_first_result_seconds_count", api="dashscope", route=GENERATION) >= 1
     assert _sample(after, "qasr_real_time_factor_count", api="dashscope") >= 1
     assert _sample(after, "qasr_queue_wait_seconds_count", model="asr", priority="interactive") >= 1
-    assert 'qasr_model_info{device="cpu",dtype="float32",layout="hf",name=' in after
+    assert 'qasr_model_info{device="cpu",dtype="float32",layout="hf",linear="default",name=' in after
     for name in (
         "qasr_queue_depth",
         "qasr_rejected_total",

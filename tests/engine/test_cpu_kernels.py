@@ -65,6 +65,7 @@ def test_packed_replaces_only_text_linears(packed_engine: Qwen3ASREngine) -> Non
     assert len(packed) == 2 * 7 + 1  # q, k, v, o, gate, up, down per layer, and the head
     assert plain and all(n.startswith(("model.audio_tower.", "model.multi_modal_projector.")) for n in plain)
     assert text_linears(model) == []  # nothing left to pack
+    assert packed_engine.describe()["linear"] == "packed"  # shown in the qasr_model metric
 
 
 def test_packed_gives_the_same_greedy_tokens(
@@ -94,6 +95,7 @@ def test_packed_logits_within_tolerance(
 def test_auto_keeps_small_models_on_the_default_path(tiny_dir: Path) -> None:
     engine = Qwen3ASREngine.load(str(tiny_dir), device="cpu", dtype="float32", cpu_linear="auto")
     assert not any(isinstance(m, PackedLinear) for m in engine.model.modules())
+    assert engine.describe()["linear"] == "default"
 
 
 def test_unknown_choice_and_non_cpu_devices(default_engine: Qwen3ASREngine) -> None:
@@ -130,6 +132,7 @@ def test_int8_weight_engine(slice_dir: Path) -> None:
     model = engine.model
     replaced = [n for n, m in model.named_modules() if isinstance(m, Int8WeightLinear)]
     assert len(replaced) == 2 * 7 + 1 and "lm_head" in replaced
+    assert engine.describe()["linear"] == "int8-weight"
     assert not any(isinstance(m, PackedLinear) for m in model.modules())
     results = engine.transcribe([EngineRequest(c) for c in _CLIPS])
     assert all(r.output_tokens > 0 and r.finish_reason in {"stop", "length"} for r in results)

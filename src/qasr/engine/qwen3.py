@@ -73,6 +73,8 @@ class Qwen3ASREngine:
         self.tokenizer = loaded.processor.tokenizer
         self.name = name
         self.options = options or GenerationOptions()
+        self.linear_kernel = "default"
+        """The text decoder's Linear kernel (`default`, `packed`) or quantization (`int8`, ...)."""
         self._lock = threading.RLock()  # re-entered when live work runs between tokens of a batch
         self._cache_kwarg = cache_kwarg(self.model)
         self._end_ids = set(self._eos_ids())
@@ -101,6 +103,7 @@ class Qwen3ASREngine:
         if threads:
             torch.set_num_threads(threads)
         loaded = load(model, device=device, dtype=dtype)
+        kernel = quantize  # what runs the text decoder's Linear layers, for `describe`
         if quantize == "int8":
             from qasr.engine.quantize import quantize_int8
 
@@ -114,10 +117,12 @@ class Qwen3ASREngine:
         elif quantize == "none":
             from qasr.engine.cpu_kernels import apply_cpu_linear
 
-            apply_cpu_linear(loaded.model, cpu_linear, loaded.device, loaded.dtype)
+            kernel = apply_cpu_linear(loaded.model, cpu_linear, loaded.device, loaded.dtype)
         else:
             raise ModelLoadError(f"Unknown quantization {quantize!r}: use none, int8 or int8-weight.")
-        return cls(loaded, name=model, options=options)
+        engine = cls(loaded, name=model, options=options)
+        engine.linear_kernel = kernel
+        return engine
 
     # --- prompt ----------------------------------------------------------------------------------
 
@@ -153,6 +158,7 @@ class Qwen3ASREngine:
             "device": str(loaded.device),
             "dtype": str(loaded.dtype).removeprefix("torch."),
             "layout": loaded.layout,
+            "linear": self.linear_kernel,
         }
 
     def count_text_tokens(self, text: str) -> int:
