@@ -146,7 +146,12 @@ class Transcriber:
         try:
             data = await fetch_source(source, policy, limits)
             audio = await asyncio.to_thread(AudioStream, data, limits)
-            segments = _SegmentFeed(audio, self.segmenter(), self.options)
+            try:
+                segmenter = self.segmenter()
+            except BaseException:
+                audio.close()
+                raise
+            segments = _SegmentFeed(audio, segmenter, self.options)  # it closes the audio when done
             builder = TranscriptBuilder(options.language)
             try:
                 segments.start()
@@ -154,10 +159,9 @@ class Transcriber:
                     yield item
                 info = audio.info
             finally:
+                # Synchronous on purpose: an await here would be skipped when the consumer was
+                # cancelled (a client that hung up), leaking the input.
                 segments.stop()
-                # Synchronous on purpose: it is quick and thread-safe, and an await here would be
-                # skipped when the consumer was cancelled (a client that hung up), leaking the input.
-                audio.close()
         finally:
             if admission is None:
                 place.release()
@@ -224,7 +228,12 @@ class Transcriber:
 
 
 class _SegmentFeed:
-    """Decode + segmentation in a worker thread, handing (Segment, samples) over through a bounded queue."""
+    """Decode + segmentation in a worker thread, handing (Segment, samples) over through a bounded queue.
+
+    It owns the audio stream: `stop` closes it, or, while the thread still decodes or runs the VAD,
+    the thread closes it as it ends (at its next segment). Never under the thread's feet, and the thread
+    is not a daemon, so an exiting process (Ctrl-C) waits for it instead of aborting inside native code.
+    """
 
     def __init__(self, audio: AudioStream, segmenter: Segmenter, options: PipelineOptions) -> None:
         self.audio = audio
@@ -234,10 +243,14 @@ class _SegmentFeed:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._holders = 1  # who still uses the audio: the consumer, and the thread while it runs
+        self._holders_lock = threading.Lock()
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._thread = threading.Thread(target=self._produce, name="qasr-decode", daemon=True)
+        self._thread = threading.Thread(target=self._produce, name="qasr-decode")
+        with self._holders_lock:
+            self._holders += 1
         self._thread.start()
 
     def stop(self) -> None:
@@ -245,6 +258,15 @@ class _SegmentFeed:
         # Unblock a producer waiting on a full queue.
         while not self.queue.empty():
             self.queue.get_nowait()
+        self._let_go()
+
+    def _let_go(self) -> None:
+        """One user is done with the audio; the last one closes it."""
+        with self._holders_lock:
+            self._holders -= 1
+            last = self._holders == 0
+        if last:
+            self.audio.close()
 
     def ready(self) -> bool:
         return not self.queue.empty()
@@ -270,6 +292,8 @@ class _SegmentFeed:
             self._put(_DONE)
         except BaseException as exc:  # handed to the consumer, raised there
             self._put(exc)
+        finally:
+            self._let_go()
 
     def _put(self, item: object) -> bool:
         """Block until the consumer takes the item (bounded memory); False once stopped."""

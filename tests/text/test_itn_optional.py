@@ -71,7 +71,7 @@ def test_warm_up_skips_with_one_info_line(
 
     warmed: list[bool] = []
     monkeypatch.setattr(engine, "warmup", lambda: warmed.append(True))
-    monkeypatch.setattr(Qwen3ASREngine, "load", lambda *args: engine)
+    monkeypatch.setattr(Qwen3ASREngine, "load", lambda *args, **kwargs: engine)
     with caplog.at_level(logging.INFO, logger="qasr"):
         runtime = Runtime.build(Settings(model="tiny", warmup=True, vad=False))
         runtime.close()
