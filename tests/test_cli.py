@@ -221,7 +221,9 @@ def test_ctrl_c_prints_what_is_done_and_exits_130(
     cmd = _command(str(inputs["wav"]), str(long), model=tiny_dir)
     with (
         (tmp_path / "stdout").open("w") as out,
-        subprocess.Popen(cmd, stdout=out, stderr=subprocess.PIPE, text=True, env=env) as process,
+        subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=_default_sigint
+        ) as process,
     ):
         lines = _lines(process.stderr)
         seen = list(iter(lambda: lines.get(timeout=300), None))  # up to the long input's first segment
@@ -242,6 +244,12 @@ def test_ctrl_c_prints_what_is_done_and_exits_130(
     first = _qasr(str(inputs["wav"]), model=tiny_dir).stdout
     assert stdout.startswith(f"==> {inputs['wav']} <==\n{first}==> {long} <==\n")
     assert stdout.split(f"==> {long} <==\n")[1].strip()
+
+
+def _default_sigint() -> None:
+    """In the child before exec: Ctrl-C's default action, whatever the test runner inherited (a shell
+    runs background jobs with SIGINT ignored, and Python then never raises KeyboardInterrupt)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _lines(stream: Any, until: str = "[2/2] long.wav") -> queue.Queue[str | None]:
