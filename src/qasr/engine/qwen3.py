@@ -20,6 +20,7 @@ from transformers import BatchFeature
 from qasr.engine.base import Job
 from qasr.engine.compat import cache_kwarg
 from qasr.engine.features import PreparedClip, audio_token_count, collate, prepare_clip
+from qasr.engine.live_steps import WindowCache, plain_greedy, run_steps
 from qasr.engine.loading import LoadedModel, load
 from qasr.engine.output import TextAssembler
 from qasr.errors import ModelLoadError
@@ -85,6 +86,7 @@ class Qwen3ASREngine:
             )
         pad = self.tokenizer.pad_token_id
         self._pad_id = int(pad if pad is not None else self.tokenizer.convert_tokens_to_ids("<|endoftext|>"))
+        self._plain_greedy = plain_greedy(self.model.generation_config)
 
     @classmethod
     def load(
@@ -236,8 +238,13 @@ class Qwen3ASREngine:
         self, clips: Sequence[PreparedClip], jobs: Sequence[Job[EngineRequest]]
     ) -> list[EngineResult]:
         """A batch of requests that carry a `WindowCache`: the audio tower encodes only each one's
-        open window (the audio after its cached, completed windows) in one call for the batch; the
-        decoder gets the prompt as `inputs_embeds` with cached and new audio embeddings in place."""
+        open window (the audio after its cached, completed windows) in one call for the batch, and
+        the decoder prefills only the prompt after each one's cached keys and values
+        (`qasr.engine.live_steps`)."""
+        if self._plain_greedy:
+            return run_steps(self, clips, jobs)
+        # Logits processing that plain greedy steps would skip: the whole prompt through `generate`,
+        # as `inputs_embeds` with cached and new audio embeddings in place.
         caches = [job.request.encoder_cache for job in jobs]
         inputs = self.collate(clips)
         with self._lock, torch.inference_mode():
@@ -349,40 +356,6 @@ class Qwen3ASREngine:
         ids = [eos] if isinstance(eos, int) else list(eos or [])
         ids += [self.tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
         return sorted({int(i) for i in ids if i is not None})
-
-
-class WindowCache:
-    """One live utterance's encoder outputs for its completed 8 s windows.
-
-    The audio tower's attention runs within windows of `n_window_infer` mel frames (8 s) counted from
-    the start of the audio, and its convolutions within 1 s chunks, so once a window's frames are all
-    known its outputs never change however much audio follows (docs/spec/realtime.md Part 2): each
-    live step encodes only the open window. Used by the model thread only."""
-
-    _FINAL_MARGIN_FRAMES = 2
-    """The last mel frames of a clip see the STFT's end padding and change when audio follows."""
-
-    def __init__(self, window_frames: int) -> None:
-        self.window_frames = window_frames
-        self.window_tokens = audio_token_count(window_frames)
-        self.frames = 0
-        """Mel frames covered by the cached windows (a multiple of `window_frames`)."""
-        self.embeds: list[torch.Tensor] = []
-        """Projected audio embeddings, one `[window_tokens, D]` tensor per cached window."""
-
-    def keep_complete(self, new: torch.Tensor, valid_frames: int) -> None:
-        """Cache the windows of `new` (the embeddings encoded from `frames` on) that are complete
-        in a clip of `valid_frames` mel frames."""
-        complete = max(0, valid_frames - self._FINAL_MARGIN_FRAMES) // self.window_frames
-        start = self.frames // self.window_frames
-        for k in range(complete - start):
-            block = new[k * self.window_tokens : (k + 1) * self.window_tokens]
-            self.embeds.append(block.clone())
-            self.frames += self.window_frames
-
-    @property
-    def windows(self) -> int:
-        return len(self.embeds)
 
 
 class _RowTracker:
