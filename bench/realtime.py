@@ -133,6 +133,10 @@ def load_engine(model_dir: Path, dtype: str, quantize: str, threads: int) -> Any
 # --- one measurement -------------------------------------------------------------------------------------
 
 
+SLACK = 3.0
+"""`--slack`: the multiple of the target's latency bounds also reported."""
+
+
 @dataclass
 class Level:
     system: str
@@ -150,7 +154,13 @@ class Level:
 
     @property
     def held(self) -> bool:
-        return self.p95(self.partial) <= 1.0 and self.p95(self.final) <= 1.5
+        """The issue's target: partial p95 <= 1 s, final p95 <= 1.5 s after the end of speech."""
+        return self.held_within(1.0)
+
+    def held_within(self, slack: float) -> bool:
+        """The target with both bounds multiplied by `slack` (for a CPU on which nothing holds the
+        target itself, the comparison between systems at proportionally looser bounds)."""
+        return self.p95(self.partial) <= 1.0 * slack and self.p95(self.final) <= 1.5 * slack
 
     def row(self) -> str:
         def q(v: list[float], p: float) -> str:
@@ -160,7 +170,8 @@ class Level:
         return (
             f"| {self.system} | {self.sessions} | {len(self.partial)} | {q(self.partial, 0.5)} / "
             f"{q(self.partial, 0.95)} | {len(self.final)} | {q(self.final, 0.5)} / {q(self.final, 0.95)} | "
-            f"{sizes} | {'yes' if self.held else 'no'} | {self.probe:.1f} | {self.load:.2f} |"
+            f"{sizes} | {'yes' if self.held else 'no'} | {'yes' if self.held_within(SLACK) else 'no'} | "
+            f"{self.probe:.1f} | {self.load:.2f} |"
         )
 
 
@@ -352,7 +363,7 @@ async def long_session(
 def header() -> str:
     return (
         "| system | sessions | partials | partial p50 / p95 (s) | finals | final p50 / p95 (s) | mean batch | "
-        "held | probe ms | load |\n|---|---|---|---|---|---|---|---|---|---|"
+        f"held | held x{SLACK:g} | probe ms | load |\n|---|---|---|---|---|---|---|---|---|---|---|"
     )
 
 
@@ -364,14 +375,14 @@ async def sweep(system: System, bank: list[np.ndarray], args: argparse.Namespace
         level = await measure(system, n, bank, args)
         log(level.row())
         levels.append(level)
-        misses = 0 if level.held else misses + 1
+        misses = 0 if level.held_within(SLACK) else misses + 1
         if misses >= 2:
             break
     return levels
 
 
-def most_held(levels: list[Level]) -> int:
-    held = [lv.sessions for lv in levels if lv.held]
+def most_held(levels: list[Level], slack: float = 1.0) -> int:
+    held = [lv.sessions for lv in levels if lv.held_within(slack)]
     return max(held) if held else 0
 
 
@@ -393,13 +404,15 @@ async def run_dtype(
         levels = await sweep(system, bank, args)
         results[system.name] = levels
         out += [lv.row() for lv in levels]
-    best = {k: most_held(v) for k, v in results.items()}
-    ratio = f"{best['qasr'] / best['baseline']:.1f}x" if best["baseline"] else "n/a (baseline holds none)"
     out.append("")
-    note(
-        f"- most sessions held (partial p95 <= 1 s, final p95 <= 1.5 s): qasr {best['qasr']}, "
-        f"baseline {best['baseline']} ({ratio})"
-    )
+    for slack in (1.0, SLACK):
+        best = {k: most_held(v, slack) for k, v in results.items()}
+        ratio = f"{best['qasr'] / best['baseline']:.1f}x" if best["baseline"] else "n/a (baseline holds none)"
+        note(
+            f"- most sessions held (partial p95 <= {slack:g} s, final p95 <= {1.5 * slack:g} s): qasr "
+            f"{best['qasr']}, baseline {best['baseline']} ({ratio})"
+        )
+    best = {k: max(most_held(v), most_held(v, SLACK)) for k, v in results.items()}
     n = max(1, best["qasr"])
     loaded = [
         await measure(qasr, n, bank, args, file_path),
@@ -478,6 +491,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--session-step-s", type=float, default=5.0, help="step cadence of the long session")
     p.add_argument("--out", type=Path, help="also write the report here (after each dtype)")
     p.add_argument("--file-min", type=float, default=3.0, help="length of the long file")
+    p.add_argument(
+        "--slack", type=float, default=3.0, help="also report sessions held at the target's bounds times this"
+    )
     p.add_argument("--quick", action="store_true", help="bf16 only, levels 1-4, a 2-minute long session")
     args = p.parse_args(argv)
     if args.quick:
@@ -534,7 +550,10 @@ async def main_async(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return asyncio.run(main_async(parse_args(argv)))
+    global SLACK
+    args = parse_args(argv)
+    SLACK = args.slack
+    return asyncio.run(main_async(args))
 
 
 if __name__ == "__main__":

@@ -328,3 +328,33 @@ def test_a_full_live_queue_refuses_steps(engine: Qwen3ASREngine, speech: np.ndar
             scheduler.close()
 
     asyncio.run(main())
+
+
+def test_steps_asked_during_a_round_run_together_in_the_next(live: Live, speech: np.ndarray) -> None:
+    """A session's step asked for while another session's step is on the model waits outside the
+    queue; when that step ends, it starts together with the other session's follow-up step, and the
+    two run as one batch (instead of taking turns on the model)."""
+
+    async def body(recognizer: LiveRecognizer, watching: _Watching) -> None:
+        first, second = (recognizer.utterance(LiveOptions(language="en")) for _ in range(2))
+        for utterance in (first, second):
+            utterance.append(speech[: 2 * SAMPLE_RATE])
+        watching.gate.clear()
+        watching.entered.clear()
+        running = asyncio.ensure_future(first.partial())
+        await asyncio.to_thread(watching.entered.wait, 30)
+        await asyncio.sleep(0.1)  # later than the round's join window
+        waiting = asyncio.ensure_future(second.partial())
+        while not recognizer.rounds.waiting:
+            await asyncio.sleep(0.01)
+        assert recognizer.scheduler.queue_depth == 0  # it waits for the round, not in the queue
+        first.append(speech[2 * SAMPLE_RATE : 3 * SAMPLE_RATE])
+        follow = asyncio.ensure_future(first.partial())
+        await asyncio.sleep(0.1)
+        assert recognizer.scheduler.queue_depth == 0
+        watching.gate.set()
+        await asyncio.gather(running, waiting, follow)
+        sizes = [[len(r.samples) // SAMPLE_RATE for r in batch] for batch in watching.batches]
+        assert sizes == [[2], [2, 3]] or sizes == [[2], [3, 2]]
+
+    _run(live, body)

@@ -7,7 +7,9 @@ for one `final()` at the end. Everything here runs through the model's scheduler
 - a partial step is one small request at `Priority.LIVE`: the utterance's audio so far, the text
   settled by earlier steps forced as the start of the transcript, and a small cap on new tokens, so
   each step decodes only a few tokens (`qasr.live.settle` splits the result into `text` and `stash`);
-- steps of all sessions meet in the scheduler's queue and run in the same model batches;
+- steps of all sessions go to the model in rounds (`Rounds`): a step asked for while a round is on
+  the model waits for the next round, which starts when it ends, so the sessions' steps meet in the
+  scheduler's queue at the same moment and run as one batch, instead of alternating on the model;
 - a final is one ordinary decode of the whole utterance (offline quality, no prefix) at
   `Priority.LIVE_FINAL`, ahead of every partial step;
 - a session that falls behind never queues more than one step: callers share the step in flight, or
@@ -24,7 +26,7 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -113,6 +115,7 @@ class LiveRecognizer:
         self.vad = vad
         self.config = config or LiveConfig()
         self.encoder_cache = encoder_cache
+        self.rounds = Rounds()
 
     @property
     def max_utterance_s(self) -> float:
@@ -247,7 +250,8 @@ class Utterance:
             max_new_tokens=self._config.step_tokens + (0 if forceable_name(language) else _HEADER_TOKENS),
             encoder_cache=self._encoder_cache,
         )
-        result = await self._recognizer.scheduler.submit(request, priority=Priority.LIVE)
+        async with self._recognizer.rounds.turn():
+            result = await self._recognizer.scheduler.submit(request, priority=Priority.LIVE)
         if self._closed or self._finished:
             return None
         if self._language is None:
@@ -308,6 +312,49 @@ class Utterance:
             if step is not None and not step.done():
                 step.cancel()
         self._follow = None
+
+
+class Rounds:
+    """Partial steps of all utterances go to the model in rounds, so that they batch.
+
+    A step asked for while a round is on the model waits for it to end; then all waiting steps start
+    together as the next round, and the scheduler batches what arrives together. Steps asked for
+    within `join_s` of a round's start join it: that is how an utterance's follow-up step, released
+    by the end of its previous step (the same moment the round ends), stays in the same round as the
+    other sessions. Without rounds, sessions whose steps take longer than their step interval take
+    turns on the model one step at a time (measured: mean batch 1.0 at 2 sessions, bench/RESULTS.md),
+    each waiting a whole step for the other's. Used on the event loop only."""
+
+    join_s = 0.05
+
+    def __init__(self) -> None:
+        self._in_flight = 0
+        self._started = 0.0
+        self._next: asyncio.Future[None] | None = None
+
+    @contextlib.asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        """Wait for this step's round, then hold a place in it until the step ends."""
+        loop = asyncio.get_running_loop()
+        if self._in_flight and loop.time() - self._started > self.join_s:
+            if self._next is None:
+                self._next = loop.create_future()
+            await asyncio.shield(self._next)
+        if not self._in_flight:
+            self._started = loop.time()
+        self._in_flight += 1
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight and self._next is not None:
+                self._next.set_result(None)
+                self._next = None
+
+    @property
+    def waiting(self) -> bool:
+        """Whether steps wait for the next round."""
+        return self._next is not None
 
 
 def _stash_after(settled: str, hypothesis: str) -> str:
