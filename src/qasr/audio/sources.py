@@ -12,9 +12,10 @@ import binascii
 import ipaddress
 import re
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import unquote, urlsplit
 
 import httpx
@@ -229,6 +230,9 @@ def _mapped_file(directory: Path, rest: str, url: str) -> Path:
 # --- downloads -------------------------------------------------------------------------------------
 
 
+_Body = TypeVar("_Body")
+
+
 @dataclass(frozen=True)
 class _Hop:
     """One URL to fetch, with the addresses its host resolved to and that passed the checks."""
@@ -242,11 +246,19 @@ async def download(url: str, policy: SourcePolicy, limits: AudioLimits) -> bytes
     followed by hand (at most `policy.max_redirects`), the body is capped at `limits.max_bytes` while it
     streams in, and the whole download must finish within `policy.timeout_s`.
     """
+    return await download_with(url, policy, lambda response: _read_body(response, limits))
+
+
+async def download_with(
+    url: str, policy: SourcePolicy, read: Callable[[httpx.Response], Awaitable[_Body]]
+) -> _Body:
+    """`download`, with the final response's body handled by `read` (which enforces the size limit):
+    into memory (`download`) or into a file (`qasr.jobs.fetch`)."""
     start = _parse_url(url)
     # Messages name the host only: a URL's path and query can carry signed tokens.
     host = format_value(start.host)
     try:
-        return await asyncio.wait_for(_download(start, policy, limits), policy.timeout_s)
+        return await asyncio.wait_for(_download(start, policy, read), policy.timeout_s)
     except (asyncio.TimeoutError, httpx.TimeoutException):
         raise DownloadFailed(
             f"Downloading the audio from {host} timed out after {format_duration(policy.timeout_s)}."
@@ -257,7 +269,9 @@ async def download(url: str, policy: SourcePolicy, limits: AudioLimits) -> bytes
         ) from None
 
 
-async def _download(start: httpx.URL, policy: SourcePolicy, limits: AudioLimits) -> bytes:
+async def _download(
+    start: httpx.URL, policy: SourcePolicy, read: Callable[[httpx.Response], Awaitable[_Body]]
+) -> _Body:
     # trust_env=False: no proxy from the environment, so the connection goes to the checked address.
     hooks = {"response": [_refuse_other_schemes]}
     async with httpx.AsyncClient(
@@ -270,7 +284,7 @@ async def _download(start: httpx.URL, policy: SourcePolicy, limits: AudioLimits)
             try:
                 location = _redirect_location(response)
                 if location is None:
-                    return await _read_body(response, limits)
+                    return await read(response)
             finally:
                 await response.aclose()
             current = _join(current, location)

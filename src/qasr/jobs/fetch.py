@@ -14,9 +14,9 @@ from pathlib import Path
 import httpx
 
 from qasr.audio import sources
-from qasr.audio.decode import check_size, format_bytes, format_duration
+from qasr.audio.decode import check_size, format_bytes
 from qasr.audio.sources import SourcePolicy, fetch_source, map_url
-from qasr.errors import AudioTooLarge, DownloadFailed, format_value
+from qasr.errors import AudioTooLarge
 from qasr.types import AudioLimits
 
 _CHUNK = 1 << 20
@@ -39,38 +39,7 @@ async def fetch_to_file(ref: str, policy: SourcePolicy, limits: AudioLimits, des
 
 async def download_to_file(url: str, policy: SourcePolicy, limits: AudioLimits, dest: Path) -> None:
     """`qasr.audio.sources.download`, streamed into `dest` instead of memory."""
-    start = sources._parse_url(url)
-    host = format_value(start.host)
-    try:
-        await asyncio.wait_for(_download(start, policy, limits, dest), policy.timeout_s)
-    except (TimeoutError, httpx.TimeoutException):
-        raise DownloadFailed(
-            f"Downloading the audio from {host} timed out after {format_duration(policy.timeout_s)}."
-        ) from None
-    except httpx.HTTPError:
-        raise DownloadFailed(
-            f"Downloading the audio from {host} failed: the connection was refused or broken."
-        ) from None
-
-
-async def _download(start: httpx.URL, policy: SourcePolicy, limits: AudioLimits, dest: Path) -> None:
-    hooks = {"response": [sources._refuse_other_schemes]}
-    async with httpx.AsyncClient(
-        follow_redirects=False, trust_env=False, timeout=policy.timeout_s, event_hooks=hooks
-    ) as client:
-        current = start
-        for _ in range(policy.max_redirects + 1):
-            hop = await sources._checked_hop(current, policy)
-            response = await sources._send(client, hop)
-            try:
-                location = sources._redirect_location(response)
-                if location is None:
-                    await _save_body(response, limits, dest)
-                    return
-            finally:
-                await response.aclose()
-            current = sources._join(current, location)
-    raise DownloadFailed(f"The audio URL redirected more than {policy.max_redirects} times.")
+    await sources.download_with(url, policy, lambda response: _save_body(response, limits, dest))
 
 
 async def _save_body(response: httpx.Response, limits: AudioLimits, dest: Path) -> None:
