@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import os
 import subprocess
 import sys
 import wave
@@ -19,6 +18,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from qasr.audio.decode import decode_audio
 from qasr.types import SAMPLE_RATE
+from tests.api.sdk import sdk_env
 from tests.helpers import synthesize
 from tests.server import LiveServer
 
@@ -60,23 +60,6 @@ def silence(seconds: float) -> np.ndarray:
 
 def ws_url(server: LiveServer) -> str:
     return server.url.replace("http://", "ws://") + PATH
-
-
-def sdk_env(sdk: Path | None) -> dict[str, str]:
-    env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost"}
-    if sdk is not None:
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(sdk), os.environ.get("PYTHONPATH")]))
-    return env
-
-
-def sdk_path(version: str) -> Path | None:
-    """Where the dashscope release `version` is importable from (None: the venv's own, 2.0.2)."""
-    if version != SDK_OLD:
-        return None
-    path = Path(sys.prefix) / "sdk" / f"dashscope-{SDK_OLD}"
-    if not (path / "dashscope").is_dir():
-        raise RuntimeError(f"dashscope {SDK_OLD} is not in {path}; run `make install-test`")
-    return path
 
 
 def run_seed(sdk: Path | None, server: LiveServer, audio: Path, key: str = KEY, **options: str) -> list[dict]:

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.api.sdk import MAIN, sdk_env, sdk_path
 from tests.helpers import synthesize
 from tests.server import LiveServer, live_server
 
@@ -43,39 +44,17 @@ def server(tiny_dir: Path, fixtures: Path, tmp_path_factory: pytest.TempPathFact
         yield live
 
 
-def _sdk_env(sdk: Path | None) -> dict[str, str]:
-    """The environment an SDK program runs in: `sdk` (a directory holding another dashscope release)
-    first on the import path; None: the main environment's dashscope."""
-    env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost"}
-    env.pop("DASHSCOPE_API_REGION", None)
-    if sdk is not None:
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(sdk), os.environ.get("PYTHONPATH")]))
-    return env
-
-
-@pytest.fixture(scope="module", params=["2.0.2", SDK_OLD])
+@pytest.fixture(scope="module", params=[MAIN, SDK_OLD])
 def sdk(request: pytest.FixtureRequest) -> Path | None:
-    """Which dashscope the seeds import. 1.24.6, the oldest SDK verified against the protocol, is
-    installed by `make install-test` (requirements/sdk-1.24.6.txt) into `<venv>/sdk/dashscope-1.24.6`
-    without its dependencies: it runs on the main environment's, which dashscope 2.0.2 pulled in."""
-    path = None
-    if request.param == SDK_OLD:
-        path = Path(sys.prefix) / "sdk" / f"dashscope-{SDK_OLD}"
-        if not (path / "dashscope").is_dir():
-            pytest.fail(f"dashscope {SDK_OLD} is not in {path}; run `make install-test`", pytrace=False)
-    check = "import dashscope.version; print(dashscope.version.__version__)"
-    found = subprocess.run(
-        [sys.executable, "-c", check], capture_output=True, text=True, env=_sdk_env(path), timeout=60
-    )
-    assert (found.returncode, found.stdout.strip()) == (0, request.param), found.stderr
-    return path
+    """Which dashscope the seeds import (tests/api/sdk.py)."""
+    return sdk_path(request.param)
 
 
 def _run_seed(
     sdk: Path | None, seed: str, server: LiveServer, fixtures: Path, key: str = KEY
 ) -> subprocess.CompletedProcess:
     code = (SEEDS / seed).read_text().replace("ABSOLUTE_PATH", str(fixtures))
-    env = {**_sdk_env(sdk), "DASHSCOPE_HTTP_BASE_URL": f"{server.url}/api/v1", "DASHSCOPE_API_KEY": key}
+    env = {**sdk_env(sdk), "DASHSCOPE_HTTP_BASE_URL": f"{server.url}/api/v1", "DASHSCOPE_API_KEY": key}
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
 
 

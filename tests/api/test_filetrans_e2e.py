@@ -7,7 +7,6 @@ without any timing."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import wave
@@ -19,6 +18,7 @@ import httpx
 import numpy as np
 import pytest
 
+from tests.api.sdk import MAIN, sdk_env, sdk_path
 from tests.helpers import rigged_checkpoint, synthesize, two_utterances
 from tests.jobs.gate import Gates, file_server
 from tests.server import LiveServer, live_server
@@ -72,33 +72,14 @@ def server(
         yield live
 
 
-def _sdk_env(sdk: Path | None) -> dict[str, str]:
-    env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost"}
-    env.pop("DASHSCOPE_API_REGION", None)
-    if sdk is not None:
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(sdk), os.environ.get("PYTHONPATH")]))
-    return env
-
-
-@pytest.fixture(scope="module", params=["2.0.2", SDK_OLD])
+@pytest.fixture(scope="module", params=[MAIN, SDK_OLD])
 def sdk(request: pytest.FixtureRequest) -> Path | None:
-    """Which dashscope the seeds import; 1.25.2 (the oldest 1.x with `dashscope.audio.qwen_asr`) is
-    installed by `make install-test` into `<venv>/sdk/dashscope-1.25.2`."""
-    path = None
-    if request.param == SDK_OLD:
-        path = Path(sys.prefix) / "sdk" / f"dashscope-{SDK_OLD}"
-        if not (path / "dashscope").is_dir():
-            pytest.fail(f"dashscope {SDK_OLD} is not in {path}; run `make install-test`", pytrace=False)
-    check = "import dashscope.version; print(dashscope.version.__version__)"
-    found = subprocess.run(
-        [sys.executable, "-c", check], capture_output=True, text=True, env=_sdk_env(path), timeout=60
-    )
-    assert (found.returncode, found.stdout.strip()) == (0, request.param), found.stderr
-    return path
+    """Which dashscope the seeds import (tests/api/sdk.py)."""
+    return sdk_path(request.param)
 
 
 def _seed(sdk: Path | None, seed: str, server: LiveServer, key: str = KEY, **env: str) -> dict[str, Any]:
-    full = {**_sdk_env(sdk), "DASHSCOPE_HTTP_BASE_URL": f"{server.url}/api/v1", "DASHSCOPE_API_KEY": key}
+    full = {**sdk_env(sdk), "DASHSCOPE_HTTP_BASE_URL": f"{server.url}/api/v1", "DASHSCOPE_API_KEY": key}
     ran = subprocess.run(
         [sys.executable, "-c", (SEEDS / seed).read_text()],
         capture_output=True,

@@ -19,16 +19,17 @@ import pytest
 from tests.api.realtime_support import (
     COMPLETED,
     KEY,
+    SDK_OLD,
     TEXT,
     TEXT_EVENT,
     check_text_semantics,
     of_type,
     run_seed,
-    sdk_path,
     silence,
     speech,
     write_wav,
 )
+from tests.api.sdk import MAIN, sdk_path
 from tests.helpers import rigged_checkpoint
 from tests.server import LiveServer, live_server
 
@@ -58,7 +59,7 @@ def server(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         yield live
 
 
-@pytest.fixture(scope="module", params=["2.0.2", "1.24.6"])
+@pytest.fixture(scope="module", params=[MAIN, SDK_OLD])
 def sdk(request: pytest.FixtureRequest) -> Path | None:
     return sdk_path(request.param)
 
