@@ -362,7 +362,11 @@ class SegmentRunner:
         while True:
             getter = asyncio.ensure_future(self.pieces.get())
             waiters: set[asyncio.Future[Any]] = {getter, self.task}
-            done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            try:
+                done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                getter.cancel()  # a consumer that leaves must not leave the getter pending
+                raise
             if getter not in done:
                 getter.cancel()
                 break
