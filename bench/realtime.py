@@ -347,20 +347,26 @@ async def step_times(
     `--step-s` before it as a session does; two utterances."""
     from qasr.live import LiveOptions
 
-    times: dict[float, list[float]] = {a: [] for a in ages}
+    times: dict[float, list[float]] = {}
     chunk = int(args.step_s * SAMPLE_RATE)
     async with system.running() as recognizer:
         for _ in range(2):
             utterance = recognizer.utterance(LiveOptions(language="en"))
             for start in range(0, int(max(ages) * SAMPLE_RATE), chunk):
                 utterance.append(audio[start : start + chunk])
-                age = (start + chunk) / SAMPLE_RATE
+                age = round((start + chunk) / SAMPLE_RATE, 3)
                 began = time.perf_counter()
                 await utterance.partial()
-                if any(abs(age - a) < 1e-6 for a in ages):
-                    times[min(ages, key=lambda a: abs(a - age))].append(time.perf_counter() - began)
+                times.setdefault(age, []).append(time.perf_counter() - began)
             utterance.close()
     return {a: statistics.median(v) for a, v in times.items()}
+
+
+def cycle_mean(times: dict[float, float], last: float, window_s: float = 8.0) -> float:
+    """Mean step time over the `window_s` ages ending at `last`: one whole encoder-window cycle
+    (right after a window completes, a step also prefills that window; mid-window it does not)."""
+    picked = [t for age, t in times.items() if last - window_s < age <= last]
+    return statistics.mean(picked) if picked else math.nan
 
 
 async def long_session(
@@ -474,9 +480,11 @@ async def run_dtype(
     long_audio = np.concatenate([utterance_audio(bank, 30.0, np.random.default_rng(3))])
     for system in (qasr, base):
         ages = await step_times(system, long_audio, (5.0, 25.0), args)
+        early, late = cycle_mean(ages, 8.0), cycle_mean(ages, 25.0)
         note(
             f"- {system.name}: one step alone at utterance age 5 s {ages[5.0]:.2f} s, at 25 s {ages[25.0]:.2f} s "
-            f"(ratio {ages[25.0] / ages[5.0]:.2f})"
+            f"(ratio {ages[25.0] / ages[5.0]:.2f}); mean over ages 1-8 s {early:.2f} s, over 18-25 s "
+            f"{late:.2f} s (ratio {late / early:.2f})"
         )
     return out
 
