@@ -510,6 +510,45 @@ async def run_long_session(engine: Any, bank: list[np.ndarray], args: argparse.N
     return out
 
 
+def final_drafts(engine: Any, bank: list[np.ndarray], args: argparse.Namespace) -> list[str]:
+    """What a draft does to a final's time (`EngineRequest.draft`, the last partial's hypothesis):
+    the same utterances decoded without a draft, with a right draft (the final's own text: what a
+    real model's last partial mostly is), and with a wrong one of the same length (what the random
+    model's partials are). Each final writes the fixed real-speech length; medians of 3."""
+    import dataclasses
+
+    from qasr.engine.base import Job
+    from qasr.types import EngineRequest
+
+    rng = np.random.default_rng(11)
+    out = [
+        "| utterance (s) | tokens | no draft (s) | right draft (s) | wrong draft (s) | same text |",
+        "|---|---|---|---|---|---|",
+    ]
+    for seconds in (4.0, 8.0, 12.0):
+        audio = utterance_audio(bank, seconds, rng)
+        tokens = 5 + math.ceil(args.final_tokens_per_s * seconds)
+        request = EngineRequest(audio, "", "en", max_new_tokens=tokens)
+        plain = engine.run([Job(request)])[0]
+        words = plain.text.split(" ")
+        wrong = " ".join(words[::-1])
+        times: dict[str, list[float]] = {"none": [], "right": [], "wrong": []}
+        same = True
+        for _ in range(3):
+            for name, draft in (("none", ""), ("right", plain.text), ("wrong", wrong)):
+                began = time.perf_counter()
+                result = engine.run([Job(dataclasses.replace(request, draft=draft))])[0]
+                times[name].append(time.perf_counter() - began)
+                same = same and result.text == plain.text
+        med = {k: statistics.median(v) for k, v in times.items()}
+        out.append(
+            f"| {seconds:.0f} | {plain.output_tokens} | {med['none']:.2f} | {med['right']:.2f} | "
+            f"{med['wrong']:.2f} | {'yes' if same else 'NO'} |"
+        )
+        log(out[-1])
+    return out
+
+
 def conditions(args: argparse.Namespace) -> str:
     import torch
     import transformers
@@ -550,6 +589,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=["words", "all"],
         help="words: the random model writes only English-looking word tokens (see english_words_checkpoint)",
     )
+    p.add_argument("--drafts-only", action="store_true", help="only the finals-with-a-draft table (bf16)")
     p.add_argument("--quick", action="store_true", help="bf16 only, levels 1-4, a 2-minute long session")
     args = p.parse_args(argv)
     if args.quick:
@@ -579,6 +619,11 @@ async def main_async(args: argparse.Namespace) -> int:
             f"Run {started}; load average at start {load0[0]:.2f} / {load0[1]:.2f} / {load0[2]:.2f}.",
             "",
         ]
+        if args.drafts_only:
+            engine = in_passing_thread(lambda: load_engine(model_dir, "bfloat16", "none", args.threads))
+            report += ["### Finals with a draft (bf16)", "", *final_drafts(engine, bank, args)]
+            print("\n".join(report))
+            return 0
         for dtype in args.dtypes.split(","):
             quantize = "int8" if dtype == "int8" else "none"
             torch_dtype = "float32" if dtype in ("int8", "float32") else dtype

@@ -87,6 +87,12 @@ class EngineRequest:
     encoder_cache: object | None = None
     """A live utterance's engine-specific cache of encoder outputs (`Qwen3ASREngine.new_window_cache`):
     the engine encodes only the audio after what it holds, and adds completed windows to it."""
+    draft: str = ""
+    """The likely output (the assistant's text after the prompt, header included when the language is
+    not forced), e.g. a live utterance's last partial result for its final: the engine checks all of
+    it in one pass and decodes token by token only from the first token it would not have written.
+    The result is what greedy decoding gives without it (up to summation order); a wrong draft costs
+    its length in prefill, a right one saves a decoding step per token."""
 
 
 @dataclass(frozen=True)

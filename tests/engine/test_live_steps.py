@@ -4,6 +4,8 @@ positions, and batches of utterances of different ages that give each row its ou
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,6 +16,7 @@ from qasr.engine.base import Job
 from qasr.engine.live_steps import WindowCache, plain_greedy
 from qasr.engine.qwen3 import Qwen3ASREngine
 from qasr.types import SAMPLE_RATE, EngineRequest
+from tests.helpers import rigged_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -117,3 +120,78 @@ def test_a_changed_prompt_start_drops_the_cache(engine: Qwen3ASREngine, audio: n
     assert torch.equal(
         cache.prompt_ids, torch.from_numpy(engine.prepare(other).input_ids[: cache.cached_positions])
     )
+
+
+def _decoder_calls(engine: Qwen3ASREngine, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls: list[int] = []
+    decoder = engine.model.model.language_model
+    original = decoder.forward
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        calls.append(int(kwargs["inputs_embeds"].shape[1]))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(decoder, "forward", spy)
+    return calls
+
+
+RIGGED_TEXT = "Welcome to the speech recognition service."
+
+
+@pytest.fixture(scope="module")
+def rigged(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Qwen3ASREngine:
+    """The tiny model rigged to write `RIGGED_TEXT` in canonical tokens (as a real model writes
+    text): the random model's tokens do not survive decoding and re-tokenizing, so a draft made from
+    its text is never right."""
+    path = rigged_checkpoint(tiny_dir, tmp_path_factory.mktemp("rigged") / "model", RIGGED_TEXT)
+    return Qwen3ASREngine.load(str(path), device="cpu", dtype="float32")
+
+
+@pytest.mark.parametrize("language", ["en", None])
+def test_a_right_draft_is_checked_in_one_pass(
+    rigged: Qwen3ASREngine, audio: np.ndarray, monkeypatch: pytest.MonkeyPatch, language: str | None
+) -> None:
+    """A final whose draft is what greedy decoding writes: the same result, from the prefill alone
+    instead of one decoding step per token."""
+    request = EngineRequest(audio[: 6 * SAMPLE_RATE], "", language)
+    plain = rigged.transcribe([request])[0]
+    assert plain.text == RIGGED_TEXT
+    header = "" if language else "language English<asr_text>"
+    calls = _decoder_calls(rigged, monkeypatch)
+    drafted = rigged.transcribe([dataclasses.replace(request, draft=header + plain.text)])[0]
+    assert (drafted.text, drafted.language, drafted.output_tokens, drafted.finish_reason) == (
+        plain.text,
+        plain.language,
+        plain.output_tokens,
+        plain.finish_reason,
+    )
+    assert plain.output_tokens > 5
+    assert len(calls) == 1  # the prefill predicts each draft token, and the end token after them
+
+
+def test_a_draft_right_up_to_a_point_saves_that_far(
+    rigged: Qwen3ASREngine, audio: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    request = EngineRequest(audio[: 4 * SAMPLE_RATE], "", "en")
+    plain = rigged.transcribe([request])[0]
+    draft = "Welcome to the speech rec"
+    calls = _decoder_calls(rigged, monkeypatch)
+    drafted = rigged.transcribe([dataclasses.replace(request, draft=draft)])[0]
+    assert drafted.text == plain.text == RIGGED_TEXT
+    right = len(rigged.tokenizer("Welcome to the speech", add_special_tokens=False)["input_ids"])
+    assert len(calls) == 1 + plain.output_tokens - right  # one step per token after the right ones
+
+
+def test_wrong_and_partly_right_drafts_change_nothing(engine: Qwen3ASREngine, audio: np.ndarray) -> None:
+    """Drafts that go wrong at the start, in the middle, or are longer than the output, in one batch
+    with a request without a draft: every row's result is what it is without a draft."""
+    requests = [EngineRequest(audio[: s * SAMPLE_RATE], "", "en", max_new_tokens=16) for s in (3, 5, 7, 9)]
+    plain = engine.transcribe(requests)
+    words = plain[1].text.split(" ")
+    drafts = ["quite another text", " ".join(words[: len(words) // 2]) + " zebra", plain[2].text * 3, ""]
+    drafted = engine.transcribe(
+        [dataclasses.replace(r, draft=d) for r, d in zip(requests, drafts, strict=True)]
+    )
+    assert [(d.text, d.output_tokens, d.finish_reason) for d in drafted] == [
+        (p.text, p.output_tokens, p.finish_reason) for p in plain
+    ]

@@ -358,3 +358,22 @@ def test_steps_asked_during_a_round_run_together_in_the_next(live: Live, speech:
         assert sizes == [[2], [2, 3]] or sizes == [[2], [3, 2]]
 
     _run(live, body)
+
+
+def test_the_final_carries_the_last_partial_as_its_draft(live: Live, speech: np.ndarray) -> None:
+    """The final decodes the whole utterance afresh, with the last partial's whole hypothesis as the
+    draft the engine checks (`EngineRequest.draft`); its transcript is the plain decode's."""
+
+    async def body(recognizer: LiveRecognizer, watching: _Watching) -> None:
+        utterance = recognizer.utterance(LiveOptions(language="en"))
+        utterance.append(speech)
+        partial = await utterance.partial()
+        assert partial is not None and partial.text + partial.stash
+        final = await utterance.final()
+        request = watching.requests[-1]
+        assert request.encoder_cache is None and request.prefix == ""
+        assert request.draft == partial.text + partial.stash
+        plain = watching.inner.transcribe([EngineRequest(speech, "", "en")])[0]
+        assert final.transcript == plain.text
+
+    _run(live, body)

@@ -113,13 +113,17 @@ def plain_greedy(generation_config: Any) -> bool:
 def run_steps(
     engine: Qwen3ASREngine, clips: Sequence[PreparedClip], jobs: Sequence[Job[EngineRequest]]
 ) -> list[EngineResult]:
-    """One batch of live steps whose requests carry a `WindowCache` (see the module docstring)."""
+    """One batch of live steps (requests with a `WindowCache`) and of requests with a draft (see the
+    module docstring); a request without a cache gets a throwaway one (nothing cached to reuse)."""
     from transformers import DynamicCache
 
     from qasr.engine.qwen3 import _RowTracker
 
     model, pad_id = engine.model, engine._audio_pad_id
-    caches: list[WindowCache] = [job.request.encoder_cache for job in jobs]  # type: ignore[misc]
+    caches = [
+        c if isinstance(c := job.request.encoder_cache, WindowCache) else engine.new_window_cache()
+        for job in jobs
+    ]
     tracker = _RowTracker(engine, jobs)
     tracker.budgets = [engine.request_budget(job.request) for job in jobs]
     max_new = max(tracker.budgets)
@@ -127,41 +131,84 @@ def run_steps(
         audio = engine.audio_embeddings(clips, caches)
         device = engine.loaded.device
         ids = [torch.from_numpy(clip.input_ids).to(device) for clip in clips]
+        drafts = [
+            _draft_ids(engine, job.request, budget, device)
+            for job, budget in zip(jobs, tracker.budgets, strict=True)
+        ]
         embed = model.get_input_embeddings()
         rows = []
-        for row_ids, row_audio in zip(ids, audio, strict=True):
+        for row_ids, row_audio, draft in zip(ids, audio, drafts, strict=True):
             row_embeds = embed(row_ids)
             row_embeds[row_ids == pad_id] = row_audio.to(row_embeds.dtype)
-            rows.append(row_embeds)
+            rows.append(torch.cat([row_embeds, embed(draft)]))
         reused = [cache.reusable(row_ids) for cache, row_ids in zip(caches, ids, strict=True)]
-        batch, past = len(jobs), max(reused)
-        new = max(len(row_ids) - n for row_ids, n in zip(ids, reused, strict=True))
+        counts = [
+            len(row_ids) + len(draft) - n for row_ids, draft, n in zip(ids, drafts, reused, strict=True)
+        ]
+        batch, past, new = len(jobs), max(reused), max(counts)
         width = past + new
         mask = torch.zeros(batch, width, dtype=torch.long, device=device)
         positions = torch.ones(batch, new, dtype=torch.long, device=device)
         inputs = torch.zeros(batch, new, rows[0].shape[1], dtype=rows[0].dtype, device=device)
-        for b, (row_ids, n) in enumerate(zip(ids, reused, strict=True)):
-            count = len(row_ids) - n
+        for b, (n, count) in enumerate(zip(reused, counts, strict=True)):
             mask[b, past - n : past] = 1
             mask[b, width - count :] = 1
-            positions[b, new - count :] = torch.arange(n, len(row_ids), device=device)
+            positions[b, new - count :] = torch.arange(n, n + count, device=device)
             inputs[b, new - count :] = rows[b][n:]
         cache = DynamicCache(ddp_cache_data=_padded_past(caches, reused, past) if past else None)
-        out = model(
+        keep = 1 + max(len(d) for d in drafts)
+        logits = model(
             inputs_embeds=inputs,
             attention_mask=mask,
             position_ids=positions,
             use_cache=True,
-            logits_to_keep=1,
+            logits_to_keep=keep,
             **{engine._cache_kwarg: cache},
-        )
-        for b, (row_ids, n) in enumerate(zip(ids, reused, strict=True)):
-            _keep_stable(caches[b], cache, b, row_ids, n, width - (len(row_ids) - n), pad_id)
-        _decode(engine, model, out.logits[:, -1], cache, mask, positions[:, -1], tracker, max_new)
+        ).logits
+        for b, (row_ids, n, count) in enumerate(zip(ids, reused, counts, strict=True)):
+            _keep_stable(caches[b], cache, b, row_ids, n, width - count, pad_id)
+        _limit_first_tokens(engine, logits[:, -1], max_new)
+        predicted = logits.argmax(dim=-1)  # [batch, keep]: the token after each of the last positions
+        following = torch.empty(batch, dtype=torch.long, device=device)
+        for b, draft in enumerate(drafts):
+            # The row's predictions after its prompt and after each draft token: accept the draft
+            # up to the first token greedy decoding would not write, then the model's own token.
+            guesses = predicted[b, keep - 1 - len(draft) :]
+            accepted = _agreeing(guesses[:-1], draft)
+            written = [*draft[:accepted].tolist(), int(guesses[accepted])]
+            for token in written:
+                if not tracker.done[b]:
+                    tracker._step(b, token)
+            mask[b, width - len(draft) + accepted :] = 0  # the rejected draft positions
+            following[b] = written[-1]
+            positions[b, -1] = positions[b, -1 - len(draft)] + accepted + 1
+        if tracker.between_tokens is not None and not all(tracker.done):
+            tracker.between_tokens()
+        _decode(engine, model, cache, mask, following, positions[:, -1], tracker, max_new)
     full = torch.full((batch, max(len(i) for i in ids)), engine._pad_id, dtype=torch.long)
     for b, row_ids in enumerate(ids):
         full[b, full.shape[1] - len(row_ids) :] = row_ids.cpu()
     return tracker.results({"input_ids": full})
+
+
+def _draft_ids(engine: Qwen3ASREngine, request: EngineRequest, budget: int, device: Any) -> torch.Tensor:
+    """The request's draft as tokens, at most `budget - 1` of them (the last place is the model's)."""
+    if not request.draft:
+        return torch.zeros(0, dtype=torch.long, device=device)
+    ids = engine.tokenizer(request.draft, add_special_tokens=False)["input_ids"][: max(0, budget - 1)]
+    return torch.tensor(ids, dtype=torch.long, device=device)
+
+
+def _agreeing(guesses: torch.Tensor, draft: torch.Tensor) -> int:
+    """How many leading draft tokens are what the model predicts at their place."""
+    differ = torch.nonzero(guesses != draft)
+    return int(differ[0]) if len(differ) else len(draft)
+
+
+def _limit_first_tokens(engine: Qwen3ASREngine, logits: torch.Tensor, max_new: int) -> None:
+    """Benchmarks that force a minimum output length: no end token first (drafts are off then)."""
+    if min(engine.options.min_new_tokens, max_new) > 0:
+        logits[:, sorted(engine._end_ids)] = float("-inf")
 
 
 def _padded_past(
@@ -203,30 +250,31 @@ def _keep_stable(
 def _decode(
     engine: Qwen3ASREngine,
     model: Any,
-    logits: torch.Tensor,
     cache: Any,
     mask: torch.Tensor,
-    last_position: torch.Tensor,
+    token: torch.Tensor,
+    position: torch.Tensor,
     tracker: Any,
     max_new: int,
 ) -> None:
-    """Greedy decoding from the prefill's last logits until every row is done or `max_new` tokens."""
+    """Greedy decoding: `token` (one per row, already given to the tracker) goes in at `position`;
+    until every row is done or `max_new` tokens in all."""
     end_ids = sorted(engine._end_ids)
     forced = min(engine.options.min_new_tokens, max_new)
-    for step in range(max_new):
-        if step < forced:
-            logits[:, end_ids] = float("-inf")
-        token = logits.argmax(dim=-1)
-        done = tracker(token[:, None], None)
-        if bool(done.all()) or step == max_new - 1:
+    for step in range(1, max_new):
+        if all(tracker.done):
             return
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-        last_position = last_position + 1
         logits = model(
             input_ids=token[:, None],
             attention_mask=mask,
-            position_ids=last_position[:, None],
+            position_ids=position[:, None],
             use_cache=True,
             logits_to_keep=1,
             **{engine._cache_kwarg: cache},
         ).logits[:, -1]
+        if step < forced:
+            logits[:, end_ids] = float("-inf")
+        token = logits.argmax(dim=-1)
+        tracker(token[:, None], None)
+        position = position + 1

@@ -208,11 +208,12 @@ class Qwen3ASREngine:
             job.prepared if isinstance(job.prepared, PreparedClip) else self.prepare(job.request)
             for job in jobs
         ]
-        live = [i for i, job in enumerate(jobs) if isinstance(job.request.encoder_cache, WindowCache)]
+        live = [i for i, job in enumerate(jobs) if self._stepped(job.request)]
         if not live:
             return self.generate(self.collate(clips), jobs)
-        # Live steps with cached encoder windows run as their own batch (`run_cached`); a batch mixes
-        # them with other requests only when a starved request joins live ones, so this is rare.
+        # Live steps with cached encoder windows, and requests with a draft, run as their own batch
+        # (`run_cached`); a batch mixes them with other requests only when a starved request joins
+        # live ones, so this is rare.
         results: list[EngineResult | None] = [None] * len(jobs)
         plain = [i for i in range(len(jobs)) if i not in live]
         for group, run in ((plain, self._run_plain), (live, self.run_cached)):
@@ -222,6 +223,13 @@ class Qwen3ASREngine:
                 ):
                     results[i] = result
         return [r for r in results if r is not None]
+
+    def _stepped(self, request: EngineRequest) -> bool:
+        """Whether `request` runs through `run_cached`: it has a window cache, or a draft to check
+        (plain greedy decoding only, and not when benchmarks force a minimum output length)."""
+        if isinstance(request.encoder_cache, WindowCache):
+            return True
+        return bool(request.draft) and self._plain_greedy and not self.options.min_new_tokens
 
     def _run_plain(
         self, clips: Sequence[PreparedClip], jobs: Sequence[Job[EngineRequest]]
@@ -243,6 +251,7 @@ class Qwen3ASREngine:
         (`qasr.engine.live_steps`)."""
         if self._plain_greedy:
             return run_steps(self, clips, jobs)
+        # (Only requests with a window cache come here: drafts need plain greedy decoding.)
         # Logits processing that plain greedy steps would skip: the whole prompt through `generate`,
         # as `inputs_embeds` with cached and new audio embeddings in place.
         caches = [job.request.encoder_cache for job in jobs]
