@@ -207,7 +207,9 @@ def load_aligner_engine(settings: Settings) -> ModelWork[AlignRequest, AlignResu
     """The forced aligner the settings name (issue 14), loaded and (if asked) warmed up."""
     from qasr.engine.aligner import Qwen3AlignerEngine
 
-    aligner = Qwen3AlignerEngine.load(settings.aligner, settings.device, settings.dtype, settings.threads)
+    aligner = Qwen3AlignerEngine.load(
+        settings.aligner, settings.device, settings.dtype, settings.threads, cpu_linear=settings.cpu_linear
+    )
     if settings.warmup:
         aligner.warmup()
     return aligner

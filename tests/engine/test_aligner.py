@@ -380,7 +380,19 @@ def test_describe_and_warmup(aligner: Qwen3AlignerEngine) -> None:
         "device": "cpu",
         "dtype": "float32",
         "layout": "hf",
+        "linear": "default",  # auto keeps the default below 64 MB of weights: no timing decides it
     }
+
+
+def test_packed_kernels_give_the_same_times(hf_dir: Path) -> None:
+    """`cpu_linear=packed` (every Linear of the aligner on oneDNN's packed weights) changes only the
+    summation order: the same classes at every `<timestamp>`, so the same times."""
+    packed = Qwen3AlignerEngine.load(str(hf_dir), device="cpu", dtype="float32", cpu_linear="packed")
+    plain = Qwen3AlignerEngine.load(str(hf_dir), device="cpu", dtype="float32", cpu_linear="default")
+    assert (packed.linear_kernel, plain.linear_kernel) == ("packed", "default")
+    assert any(type(m).__name__ == "PackedLinear" for m in packed.model.modules())
+    requests = [_request(3.0, 7, seed=1), _request(5.5, 12, offset_s=4.0, seed=2)]
+    assert packed.align(requests) == plain.align(requests)
 
 
 def test_no_units_skip_the_model(aligner: Qwen3AlignerEngine) -> None:

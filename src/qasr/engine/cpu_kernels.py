@@ -109,23 +109,37 @@ def text_linears(model: Any) -> list[tuple[str, torch.nn.Linear]]:
     return found
 
 
-def apply_cpu_linear(model: Any, choice: str, device: torch.device, dtype: torch.dtype) -> str:
-    """Use `choice` (`auto`, `packed`, `default`) for the text decoder's Linear layers; return the
-    kernel in use (`packed` or `default`). Only CPU models in a dtype oneDNN takes are changed."""
+def all_linears(model: Any) -> list[tuple[str, torch.nn.Linear]]:
+    """(name, module) of every plain Linear of the model (the forced aligner: its one forward pass
+    runs the audio encoder and the decoder over hundreds of positions, all of them products)."""
+    return [(name, m) for name, m in model.named_modules() if type(m) is torch.nn.Linear]
+
+
+def apply_cpu_linear(
+    model: Any,
+    choice: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    linears: Sequence[tuple[str, torch.nn.Linear]] | None = None,
+    rows: Sequence[int] = _PROBE_ROWS,
+) -> str:
+    """Use `choice` (`auto`, `packed`, `default`) for `linears` (default: the text decoder's Linear
+    layers and head); return the kernel in use (`packed` or `default`). `rows`: the row counts
+    `auto` measures (a decoding step's by default). Only CPU models in a dtype oneDNN takes change."""
     if choice not in CPU_LINEAR_CHOICES:
         raise ValueError(f"Unknown CPU linear kernel {choice!r}: use one of {', '.join(CPU_LINEAR_CHOICES)}.")
-    linears = text_linears(model)
+    linears = text_linears(model) if linears is None else list(linears)
     if choice == "default" or device.type != "cpu" or not linears or not packed_supported(dtype):
         return "default"
     if choice == "auto":
         if sum(m.weight.numel() * m.weight.element_size() for _, m in linears) < _AUTO_MIN_BYTES:
             return "default"
-        default_ms, packed_ms = measure(linears)
+        default_ms, packed_ms = measure(linears, rows)
         choice = "packed" if sum(packed_ms) < _PROBE_MARGIN * sum(default_ms) else "default"
         log.info(
             "CPU linear kernel: %s (rows %s: default %s ms, packed %s ms per weight; %s)",
             choice,
-            ",".join(map(str, _PROBE_ROWS)),
+            ",".join(map(str, rows)),
             "/".join(f"{t:.2f}" for t in default_ms),
             "/".join(f"{t:.2f}" for t in packed_ms),
             dtype,
@@ -145,15 +159,17 @@ def replace_linears(model: Any, names: Sequence[str]) -> None:
         setattr(parent, child, PackedLinear(getattr(parent, child)))
 
 
-def measure(linears: Sequence[tuple[str, torch.nn.Linear]]) -> tuple[list[float], list[float]]:
-    """Median ms per weight, default vs packed, at each of `_PROBE_ROWS` rows, on the decoder's own
+def measure(
+    linears: Sequence[tuple[str, torch.nn.Linear]], rows_probed: Sequence[int] = _PROBE_ROWS
+) -> tuple[list[float], list[float]]:
+    """Median ms per weight, default vs packed, at each of `rows_probed` rows, on the decoder's own
     MLP-sized weights (the largest shapes; the head alone would fit no cache and mislead neither way).
     The two kernels alternate within each round, so a machine that slows down slows both."""
     weights = _probe_weights(linears)
     packed = [pack_weight(w) for w in weights]
     default_ms, packed_ms = [], []
     with torch.inference_mode():
-        for rows in _PROBE_ROWS:
+        for rows in rows_probed:
             x = torch.randn(rows, weights[0].shape[1], dtype=weights[0].dtype)
             plain = [_call(F.linear, x, w) for w in weights]
             fast = [_call(_packed_call, x, p) for p in packed]
