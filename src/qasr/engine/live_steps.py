@@ -120,10 +120,9 @@ def run_steps(
     from qasr.engine.qwen3 import _RowTracker
 
     model, pad_id = engine.model, engine._audio_pad_id
-    caches = [
-        c if isinstance(c := job.request.encoder_cache, WindowCache) else engine.new_window_cache()
-        for job in jobs
-    ]
+    given = [job.request.encoder_cache for job in jobs]
+    owned = [isinstance(c, WindowCache) for c in given]
+    caches = [c if isinstance(c, WindowCache) else engine.new_window_cache() for c in given]
     tracker = _RowTracker(engine, jobs)
     tracker.budgets = [engine.request_budget(job.request) for job in jobs]
     max_new = max(tracker.budgets)
@@ -166,7 +165,8 @@ def run_steps(
             **{engine._cache_kwarg: cache},
         ).logits
         for b, (row_ids, n, count) in enumerate(zip(ids, reused, counts, strict=True)):
-            _keep_stable(caches[b], cache, b, row_ids, n, width - count, pad_id)
+            if owned[b]:  # a throwaway cache (a draft without one) is dropped with the batch
+                _keep_stable(caches[b], cache, b, row_ids, n, width - count, pad_id)
         _limit_first_tokens(engine, logits[:, -1], max_new)
         predicted = logits.argmax(dim=-1)  # [batch, keep]: the token after each of the last positions
         following = torch.empty(batch, dtype=torch.long, device=device)
@@ -178,7 +178,7 @@ def run_steps(
             written = [*draft[:accepted].tolist(), int(guesses[accepted])]
             for token in written:
                 if not tracker.done[b]:
-                    tracker._step(b, token)
+                    tracker.feed(b, token)
             mask[b, width - len(draft) + accepted :] = 0  # the rejected draft positions
             following[b] = written[-1]
             positions[b, -1] = positions[b, -1 - len(draft)] + accepted + 1

@@ -394,12 +394,13 @@ class _RowTracker:
         last = input_ids[:, -1].tolist()
         for row, token in enumerate(last):
             if not self.done[row]:
-                self._step(row, int(token))
+                self.feed(row, int(token))
         if self.between_tokens is not None and not all(self.done):
             self.between_tokens()
         return torch.tensor(self.done, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
 
-    def _step(self, row: int, token: int) -> None:
+    def feed(self, row: int, token: int) -> None:
+        """Row `row`'s next token (also called directly for tokens checked in one pass)."""
         job, assembler = self.jobs[row], self.assemblers[row]
         if token in self.engine._end_ids:
             self._end(row, "stop")
