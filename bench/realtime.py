@@ -19,11 +19,16 @@ audio is appended, then pauses `--gap-s`. Latencies: partial = from the `partial
 result; final = from the end of speech (the `final()` call) to the transcript; the protocol layer's
 own VAD wait (`silence_duration_ms`) comes on top in a real session.
 
-Random weights (real shapes, real FLOPs) write garbage until a token cap, never an end token, so:
-- every partial step writes exactly `--step-tokens` tokens (a real model often stops earlier);
-- a final (and a file segment) is capped at `--final-tokens-per-s` per second of audio plus 5 (the
-  header and the end token), about what a real model writes for speech, instead of the engine's
-  generous budget; the repetition guard is off so every request does this fixed work.
+Random weights (real shapes, real FLOPs) write garbage until a token cap, never an end token, so the
+benchmark sets output lengths to what a real model writes for speech (`FixedWork`), and the
+repetition guard is off so every request does this fixed work:
+- a final (and a file segment) writes `--final-tokens-per-s` per second of audio plus 5 (the header
+  and the end token), instead of the engine's generous budget;
+- a partial step (`--partials spoken`, the default) stops where a real model writes its end token:
+  once the transcript, its settled prefix included, holds `--final-tokens-per-s` per second of the
+  audio heard, plus one step for the end token, and never past `--step-tokens`. With
+  `--partials capped` (the runs before 2026-12-04 evening) every step writes `--step-tokens`, so the
+  settled text, re-read by every step, grew faster than speech.
 
     flock /tmp/qasr-bench.lock .venv/bin/python bench/realtime.py            # bf16 and int8 (~25 min)
     flock /tmp/qasr-bench.lock .venv/bin/python bench/realtime.py --quick    # bf16, fewer levels
@@ -131,13 +136,18 @@ def utterance_audio(bank: Sequence[np.ndarray], seconds: float, rng: np.random.G
 
 
 class FixedWork:
-    """The engine behind the scheduler's interface, with the output length of every request that has
-    no cap of its own (finals, file segments) fixed at what a real model writes for speech."""
+    """The engine behind the scheduler's interface, with output lengths set to what a real model
+    writes for speech: a request with no cap of its own (a final, a file segment) writes
+    `tokens_per_s` per audio second plus 5 (header, end token). With `spoken_partials`, a partial step
+    (a request with a cap) also stops where a real model would write its end token: once the
+    transcript (its forced prefix plus what it writes) holds what the audio heard so far says, one
+    decoding step for the end token included; never more than its own cap."""
 
-    def __init__(self, inner: Any, tokens_per_s: float) -> None:
+    def __init__(self, inner: Any, tokens_per_s: float, *, spoken_partials: bool = False) -> None:
         self.inner = inner
         self.name = inner.name
         self.tokens_per_s = tokens_per_s
+        self.spoken_partials = spoken_partials
         self.new_window_cache = inner.new_window_cache
 
     def prepare(self, request: Any) -> object:
@@ -155,8 +165,13 @@ class FixedWork:
     def run(self, jobs: Sequence[Any]) -> Any:
         for job in jobs:
             request = job.request
+            spoken = math.ceil(self.tokens_per_s * len(request.samples) / SAMPLE_RATE)
             if request.max_new_tokens is None:
-                tokens = 5 + math.ceil(self.tokens_per_s * len(request.samples) / SAMPLE_RATE)
+                job.request = dataclasses.replace(request, max_new_tokens=5 + spoken)
+            elif self.spoken_partials:
+                header = 0 if request.language else 4
+                written = self.inner.count_text_tokens(request.prefix) if request.prefix else 0
+                tokens = max(1, min(request.max_new_tokens, header + spoken + 1 - written))
                 job.request = dataclasses.replace(request, max_new_tokens=tokens)
         return self.inner.run(jobs)
 
@@ -437,9 +452,11 @@ def most_held(levels: list[Level], slack: float = 1.0) -> int:
 async def run_dtype(
     label: str, engine: Any, bank: list[np.ndarray], file_path: Path, args: argparse.Namespace
 ) -> list[str]:
-    work = FixedWork(engine, args.final_tokens_per_s)
+    work = FixedWork(engine, args.final_tokens_per_s, spoken_partials=args.partials == "spoken")
     qasr = System("qasr", work, args, cached=True, batch=args.max_batch)
     base = System("baseline", work, args, cached=False, batch=1)
+    if args.steps_only:
+        return [f"### {label}: step times", "", *await step_lines(qasr, base, bank, args)]
     out = [f"### {label}", "", header()]
 
     def note(line: str) -> None:
@@ -477,21 +494,32 @@ async def run_dtype(
     note(
         f"- file audio transcribed meanwhile: qasr run {loaded[0].file_s:.0f} s, baseline run {loaded[1].file_s:.0f} s"
     )
+    for line in await step_lines(qasr, base, bank, args):
+        note(line)
+    return out
+
+
+async def step_lines(
+    qasr: System, base: System, bank: list[np.ndarray], args: argparse.Namespace
+) -> list[str]:
+    """One step alone at utterance ages 5 s and 25 s, and averaged over window cycles, per system."""
     long_audio = np.concatenate([utterance_audio(bank, 30.0, np.random.default_rng(3))])
+    lines = []
     for system in (qasr, base):
         ages = await step_times(system, long_audio, (5.0, 25.0), args)
         early, late = cycle_mean(ages, 8.0), cycle_mean(ages, 25.0)
-        note(
+        lines.append(
             f"- {system.name}: one step alone at utterance age 5 s {ages[5.0]:.2f} s, at 25 s {ages[25.0]:.2f} s "
             f"(ratio {ages[25.0] / ages[5.0]:.2f}); mean over ages 1-8 s {early:.2f} s, over 18-25 s "
             f"{late:.2f} s (ratio {late / early:.2f})"
         )
-    return out
+        log(lines[-1])
+    return lines
 
 
 async def run_long_session(engine: Any, bank: list[np.ndarray], args: argparse.Namespace) -> list[str]:
     """The long session, last (the shorter findings of every dtype come first)."""
-    work = FixedWork(engine, args.final_tokens_per_s)
+    work = FixedWork(engine, args.final_tokens_per_s, spoken_partials=args.partials == "spoken")
     qasr = System("qasr", work, args, cached=True, batch=args.max_batch)
     out: list[str] = []
 
@@ -561,7 +589,7 @@ def conditions(args: argparse.Namespace) -> str:
         f"Conditions: model {args.model} (random weights, real shapes; output vocabulary {args.vocab}), threads {args.threads}, "
         f"{os.cpu_count()} CPUs ({platform.machine()}), torch {torch.__version__}, transformers "
         f"{transformers.__version__}; partial every {args.step_s} s of audio, {args.step_tokens} tokens per step, "
-        f"{args.hold_words} words held back as stash; finals and file segments {args.final_tokens_per_s} "
+        f"{args.hold_words} words held back as stash, partials {args.partials}; finals and file segments {args.final_tokens_per_s} "
         f"tokens per audio second + 5; {args.utterances} utterances of 4-12 s per session, {args.gap_s} s "
         f"apart; language forced (en); qasr batches up to {args.max_batch}, baseline 1."
     )
@@ -593,11 +621,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=["words", "all"],
         help="words: the random model writes only English-looking word tokens (see english_words_checkpoint)",
     )
+    p.add_argument(
+        "--partials",
+        default="spoken",
+        choices=["spoken", "capped"],
+        help="spoken: a partial step stops where a real model's end token would (the transcript holds "
+        "--final-tokens-per-s per audio second); capped: every step writes --step-tokens (the random "
+        "model never ends)",
+    )
     p.add_argument("--drafts-only", action="store_true", help="only the finals-with-a-draft table (bf16)")
+    p.add_argument("--steps-only", action="store_true", help="only the step times at 5 s and 25 s")
     p.add_argument("--quick", action="store_true", help="bf16 only, levels 1-4, a 2-minute long session")
     args = p.parse_args(argv)
     if args.quick:
         args.dtypes, args.levels, args.session_min = "bfloat16", "1,2,3,4", min(args.session_min, 2.0)
+    if args.steps_only:
+        args.session_min = 0.0
     args.levels = [int(x) for x in args.levels.split(",")]
     return args
 
