@@ -107,6 +107,38 @@ def test_a_batch_of_different_ages_gives_each_row_its_own_output(
     assert old.windows == 2 and old.cached_positions > middle.cached_positions > 0
 
 
+def test_a_final_on_the_cache_prefills_only_after_it(
+    engine: Qwen3ASREngine, audio: np.ndarray, prefills: list[int]
+) -> None:
+    """A live final (no prefix, no cap) on the utterance's cache: the plain decode's text, with the
+    system turn and the completed windows' audio tokens taken from the cache."""
+    cache = engine.new_window_cache()
+    for seconds in (6.0, 12.0, 18.0):
+        _step(engine, _request(audio, seconds, cache))
+    cached = cache.cached_positions
+    final = EngineRequest(audio[: 19 * SAMPLE_RATE], "hotwords", "en", encoder_cache=cache)
+    result = _step(engine, final)
+    assert prefills[-1] == len(engine.prepare(final).input_ids) - cached
+    plain = engine.transcribe([dataclasses.replace(final, encoder_cache=None)])[0]
+    assert (result.text, result.output_tokens) == (plain.text, plain.output_tokens)
+
+
+def test_one_cache_twice_in_a_batch_is_used_once(engine: Qwen3ASREngine, audio: np.ndarray) -> None:
+    """An utterance's final in the batch of its own step (cancelled too late to leave the queue):
+    the second row gets a throwaway cache, both outputs are their prompts' own, and the cache holds
+    each completed window once."""
+    cache = engine.new_window_cache()
+    _step(engine, _request(audio, 9.0, cache))
+    step = _request(audio, 17.0, cache)
+    final = EngineRequest(audio[: 17 * SAMPLE_RATE], "hotwords", "en", encoder_cache=cache)
+    results = engine.run([Job(step), Job(final)])
+    alone = [engine.transcribe([dataclasses.replace(r, encoder_cache=None)])[0] for r in (step, final)]
+    assert [r.text for r in results] == [a.text for a in alone]
+    assert cache.windows == 2
+    first_audio = int(np.flatnonzero(engine.prepare(step).input_ids == engine._audio_pad_id)[0])
+    assert cache.cached_positions == first_audio + 2 * cache.window_tokens
+
+
 def test_a_changed_prompt_start_drops_the_cache(engine: Qwen3ASREngine, audio: np.ndarray) -> None:
     """A cache is used only for the prompt it was made for: another context starts afresh."""
     cache = engine.new_window_cache()

@@ -243,7 +243,8 @@ def test_each_step_encodes_only_the_open_window(
 ) -> None:
     """A 20 s utterance stepped every second: no step encodes more than one window of mel frames plus
     the second appended since the last step (a window is cached at the first step after it is
-    complete), and a step's output equals decoding the same request without the cache."""
+    complete), and a step's output equals decoding the same request without the cache. The final
+    encodes only what follows the cached windows and equals the offline decode."""
     encoded: list[int] = []
     original = engine.model.get_audio_features
 
@@ -269,8 +270,10 @@ def test_each_step_encodes_only_the_open_window(
         uncached = engine.transcribe(
             [EngineRequest(last.samples, last.context, last.language, last.prefix, last.max_new_tokens)]
         )[0]
+        encoded.clear()
         final = await utterance.final()
-        assert watching.requests[-1].encoder_cache is None  # the final decodes afresh, as offline
+        assert watching.requests[-1].encoder_cache is last.encoder_cache  # the final reuses the windows
+        assert 0 < sum(encoded) <= 2000 - 2 * 800 + 2  # mel frames after the two cached windows
         assert final.transcript == engine.transcribe([EngineRequest(audio, "", "en")])[0].text
         assert partial.text + partial.stash == uncached.text
 
@@ -371,7 +374,8 @@ def test_the_final_carries_the_last_partial_as_its_draft(live: Live, speech: np.
         assert partial is not None and partial.text + partial.stash
         final = await utterance.final()
         request = watching.requests[-1]
-        assert request.encoder_cache is None and request.prefix == ""
+        assert request.prefix == "" and request.max_new_tokens is None
+        assert request.encoder_cache is watching.requests[0].encoder_cache is not None
         assert request.draft == partial.text + partial.stash
         plain = watching.inner.transcribe([EngineRequest(speech, "", "en")])[0]
         assert final.transcript == plain.text

@@ -120,9 +120,11 @@ def run_steps(
     from qasr.engine.qwen3 import _RowTracker
 
     model, pad_id = engine.model, engine._audio_pad_id
-    given = [job.request.encoder_cache for job in jobs]
-    owned = [isinstance(c, WindowCache) for c in given]
-    caches = [c if isinstance(c, WindowCache) else engine.new_window_cache() for c in given]
+    owned = _owned_caches(jobs)
+    caches = [
+        cache if own and isinstance(cache, WindowCache) else engine.new_window_cache()
+        for cache, own in zip((job.request.encoder_cache for job in jobs), owned, strict=True)
+    ]
     tracker = _RowTracker(engine, jobs)
     tracker.budgets = [engine.request_budget(job.request) for job in jobs]
     max_new = max(tracker.budgets)
@@ -191,9 +193,25 @@ def run_steps(
     return tracker.results({"input_ids": full})
 
 
+def _owned_caches(jobs: Sequence[Job[EngineRequest]]) -> list[bool]:
+    """Which rows use their request's own `WindowCache`. A cache is one utterance's, and a row updates
+    it, so a second row with the same cache in one batch (an utterance's final next to a step that
+    was cancelled too late to leave the queue) gets a throwaway one instead."""
+    seen: set[int] = set()
+    owned = []
+    for job in jobs:
+        cache = job.request.encoder_cache
+        own = isinstance(cache, WindowCache) and id(cache) not in seen
+        if own:
+            seen.add(id(cache))
+        owned.append(own)
+    return owned
+
+
 def _draft_ids(engine: Qwen3ASREngine, request: EngineRequest, budget: int, device: Any) -> torch.Tensor:
-    """The request's draft as tokens, at most `budget - 1` of them (the last place is the model's)."""
-    if not request.draft:
+    """The request's draft as tokens, at most `budget - 1` of them (the last place is the model's).
+    None while benchmarks force a minimum output length (a draft position could predict the end)."""
+    if not request.draft or engine.options.min_new_tokens:
         return torch.zeros(0, dtype=torch.long, device=device)
     ids = engine.tokenizer(request.draft, add_special_tokens=False)["input_ids"][: max(0, budget - 1)]
     return torch.tensor(ids, dtype=torch.long, device=device)

@@ -13,7 +13,9 @@ for one `final()` at the end. Everything here runs through the model's scheduler
 - a final is one ordinary decode of the whole utterance (offline quality, no prefix) at
   `Priority.LIVE_FINAL`, ahead of every partial step; the last partial's hypothesis goes with it as
   a draft the engine checks in one pass (`EngineRequest.draft`: same result, fewer decoding steps
-  when the partial was right);
+  when the partial was right), and so does the utterance's window cache: the completed windows'
+  encoder outputs and the keys and values of the prompt up to them are the same for the final as
+  for the partial steps, so the final encodes and prefills only the rest;
 - a session that falls behind never queues more than one step: callers share the step in flight, or
   the single follow-up step that will include the newest audio;
 - nothing of one utterance (audio, text, language, prefix) is used for another one.
@@ -277,8 +279,8 @@ class Utterance:
         if self._final is None:
             self._finished = True
             self._cancel_steps()
-            self._encoder_cache = None  # the final encodes the whole utterance afresh, as offline
-            self._final = asyncio.ensure_future(self._decode_final())
+            cache, self._encoder_cache = self._encoder_cache, None  # the final's, then dropped
+            self._final = asyncio.ensure_future(self._decode_final(cache))
         final = self._final
         try:
             return await asyncio.shield(final)
@@ -287,11 +289,13 @@ class Utterance:
                 return Final("", self.options.language)
             raise
 
-    async def _decode_final(self) -> Final:
+    async def _decode_final(self, cache: object | None) -> Final:
         samples = self._audio()
         if not len(samples) or not await self._speech.heard(samples):
             return Final("", self.options.language)
-        request = EngineRequest(samples, self.options.context, self.options.language, draft=self._draft())
+        request = EngineRequest(
+            samples, self.options.context, self.options.language, draft=self._draft(), encoder_cache=cache
+        )
         result = await self._recognizer.scheduler.submit(request, priority=Priority.LIVE_FINAL)
         text = result.text
         if self.options.enable_itn and text:
