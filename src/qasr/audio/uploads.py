@@ -33,21 +33,17 @@ import re
 import secrets
 import shutil
 import stat
-import sys
 import tempfile
 import threading
 import time
-import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Protocol, runtime_checkable
-from urllib.parse import unquote
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from qasr.audio.private_files import age_s, claim, listing, private_dir, share, size_of, sync, unlink
+from qasr.audio.upload_policy import Policy, checked_key, decode_policy, hash_api_key, is_safe_name
 from qasr.errors import AudioTooLarge, InvalidUploadPolicy, UploadNotFound, UploadQuotaExceeded
-
-if sys.platform != "win32":
-    import fcntl
 
 if TYPE_CHECKING:
     from qasr.settings import Settings
@@ -60,8 +56,6 @@ KEY_FILE = "policy-signing.key"
 """The file in the store's root that holds the policy-signing key when none is configured."""
 
 _MIB = 1024 * 1024
-_MAX_KEY_CHARS = 1023  # OSS object keys are at most 1023 bytes
-_MAX_NAME_BYTES = 255  # a file name on every common file system
 _MIN_SECRET_BYTES = 16
 _CHUNK_BYTES = _MIB
 _STALE_S = 3600.0  # the SDK's upload timeout (§3.3): an older partial file is abandoned
@@ -89,17 +83,6 @@ class StoredUpload:
     size_bytes: int
     content_type: str
     filename: str | None
-
-
-@dataclass(frozen=True)
-class _Policy:
-    """What a signed policy document grants: one `upload_dir`, until `expires_at`."""
-
-    upload_dir: str
-    model: str
-    api_key_hash: str | None
-    expires_at: float
-    max_bytes: int
 
 
 @dataclass
@@ -149,9 +132,9 @@ class UploadStore:
         self._owns_root = root is None
         self.root = Path(tempfile.mkdtemp(prefix="qasr-uploads-")) if root is None else Path(root)
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._objects = _private_dir(self.root / "objects")
-        self._tmp = _private_dir(self.root / "tmp")
-        self._root_fd, alone = _claim(self.root)
+        self._objects = private_dir(self.root / "objects")
+        self._tmp = private_dir(self.root / "tmp")
+        self._root_fd, alone = claim(self.root)
         try:
             if not alone:
                 log.warning(
@@ -165,7 +148,7 @@ class UploadStore:
         except BaseException:
             self.close()
             raise
-        _share(self._root_fd)
+        share(self._root_fd)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> UploadStore:
@@ -212,7 +195,7 @@ class UploadStore:
         document = {
             "upload_dir": upload_dir,
             "model": model,
-            "api_key_sha256": _hash_api_key(api_key),
+            "api_key_sha256": hash_api_key(api_key),
             "expires_at": now + self.policy_ttl_s,
             "max_bytes": self.max_bytes,
         }
@@ -242,7 +225,7 @@ class UploadStore:
         """
         lowered = {name.lower(): value for name, value in fields.items()}
         policy = self._verify(lowered)
-        key = _checked_key(lowered.get("key"), policy.upload_dir)
+        key = checked_key(lowered.get("key"), policy.upload_dir)
         self._expire_due()
         if self._paths(key)[1].exists():
             raise _exists(key)
@@ -260,7 +243,7 @@ class UploadStore:
                 expires_at=now + self.file_ttl_s,
                 size_bytes=size,
                 content_type=_content_type(lowered.get("x-oss-content-type")),
-                filename=filename if filename is not None and _is_safe_name(filename) else None,
+                filename=filename if filename is not None and is_safe_name(filename) else None,
             )
             with self._lock:  # reserve the room, so concurrent uploads cannot overshoot the limits
                 self._check_room(owner, size)
@@ -277,7 +260,7 @@ class UploadStore:
             tmp_data.unlink(missing_ok=True)
         return key
 
-    def _verify(self, fields: Mapping[str, str]) -> _Policy:
+    def _verify(self, fields: Mapping[str, str]) -> Policy:
         policy, signature = fields.get("policy"), fields.get("signature")
         if not policy or not signature or fields.get("ossaccesskeyid") != ACCESS_KEY_ID:
             raise InvalidUploadPolicy(
@@ -287,7 +270,7 @@ class UploadStore:
         expected = self._sign(policy).encode()
         if not hmac.compare_digest(expected, signature.encode("utf-8", "replace")):
             raise InvalidUploadPolicy("The upload policy signature is not valid; get a new policy.")
-        document = _decode_policy(policy)
+        document = decode_policy(policy)
         if self._clock() >= document.expires_at:
             raise InvalidUploadPolicy("The upload policy has expired; get a new policy.")
         return document
@@ -307,7 +290,7 @@ class UploadStore:
                     if size > limit:
                         raise AudioTooLarge(f"The file is larger than the upload limit of {limit} bytes.")
                     out.write(chunk)
-                _sync(out)
+                sync(out)
         except BaseException:
             path.unlink(missing_ok=True)
             raise
@@ -331,7 +314,7 @@ class UploadStore:
             fd = os.open(tmp_meta, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as out:
                 json.dump(asdict(meta), out)
-                _sync(out)
+                sync(out)
             os.replace(tmp_meta, meta_path)
         except BaseException:
             data_path.unlink(missing_ok=True)
@@ -378,13 +361,13 @@ class UploadStore:
         meta_path, data_path = self._paths(key)
         meta = _load_meta(meta_path)
         shown = _shown(key)
-        if meta is None or meta.key != key or meta.api_key_hash != _hash_api_key(api_key):
+        if meta is None or meta.key != key or meta.api_key_hash != hash_api_key(api_key):
             raise UploadNotFound(f"{shown} was not found; upload the file again.")
         if self._clock() >= meta.expires_at:
             raise UploadNotFound(f"{shown} has expired; upload the file again.")
         if meta.model != model:
             raise UploadNotFound(f"{shown} was uploaded for model {meta.model!r}, not {model!r}.")
-        if _size_of(data_path) != meta.size_bytes:  # missing, or cut short by a crash
+        if size_of(data_path) != meta.size_bytes:  # missing, or cut short by a crash
             raise UploadNotFound(f"{shown} was not found; upload the file again.")
         return data_path
 
@@ -396,9 +379,9 @@ class UploadStore:
         Expired objects come off a heap ordered by expiry; only `tmp/` (uploads in progress) is listed.
         """
         removed = self._expire_due()
-        for entry in _listing(self._tmp):
-            if _age_s(Path(entry.path)) > _STALE_S:  # a crash of another store sharing this root
-                _unlink(Path(entry.path))
+        for entry in listing(self._tmp):
+            if age_s(Path(entry.path)) > _STALE_S:  # a crash of another store sharing this root
+                unlink(Path(entry.path))
         return removed
 
     def _expire_due(self) -> int:
@@ -410,8 +393,8 @@ class UploadStore:
                 self._count(owner, -size, -1)
                 due.append(name)
         for name in due:
-            _unlink(self._objects / f"{name}.json")  # first: without its sidecar an object is gone
-            _unlink(self._objects / f"{name}.data")
+            unlink(self._objects / f"{name}.json")  # first: without its sidecar an object is gone
+            unlink(self._objects / f"{name}.data")
         return len(due)
 
     def _scan(self, alone: bool) -> None:
@@ -422,7 +405,7 @@ class UploadStore:
         store, only those older than the SDK's upload timeout are, as the other may be writing them.
         """
         now = self._clock()
-        entries = {entry.name: entry for entry in _listing(self._objects)}
+        entries = {entry.name: entry for entry in listing(self._objects)}
         for name, entry in entries.items():
             stem, suffix = os.path.splitext(name)
             data = self._objects / f"{stem}.data"
@@ -432,19 +415,19 @@ class UploadStore:
                     self._expiry.append((meta.expires_at, stem, meta.api_key_hash, meta.size_bytes))
                     self._count(meta.api_key_hash, meta.size_bytes, 1)
                 else:
-                    _unlink(Path(entry.path))
-                    _unlink(data)
-            elif suffix == ".data" and f"{stem}.json" not in entries and (alone or _age_s(data) > _STALE_S):
-                _unlink(data)
+                    unlink(Path(entry.path))
+                    unlink(data)
+            elif suffix == ".data" and f"{stem}.json" not in entries and (alone or age_s(data) > _STALE_S):
+                unlink(data)
         heapq.heapify(self._expiry)
-        for entry in _listing(self._tmp):
-            if alone or _age_s(Path(entry.path)) > _STALE_S:
-                _unlink(Path(entry.path))
+        for entry in listing(self._tmp):
+            if alone or age_s(Path(entry.path)) > _STALE_S:
+                unlink(Path(entry.path))
 
     def _is_whole(self, name: str, meta: StoredUpload, now: float) -> bool:
         """The sidecar `name` is in its right place, unexpired, and its data is all there."""
         meta_path, data_path = self._paths(meta.key)
-        return meta_path.name == name and now < meta.expires_at and _size_of(data_path) == meta.size_bytes
+        return meta_path.name == name and now < meta.expires_at and size_of(data_path) == meta.size_bytes
 
     def _signing_key(self) -> bytes:
         """The key in `KEY_FILE` (mode 0600), made on the first start so policies outlive a restart."""
@@ -454,7 +437,7 @@ class UploadStore:
             try:
                 with os.fdopen(fd, "w", encoding="ascii") as out:
                     out.write(secrets.token_hex(32) + "\n")
-                    _sync(out)
+                    sync(out)
                 with contextlib.suppress(FileExistsError):  # another store made it first: use theirs
                     os.link(name, path)
             finally:
@@ -476,121 +459,8 @@ class UploadStore:
         return self._objects / f"{name}.json", self._objects / f"{name}.data"
 
 
-def _claim(root: Path) -> tuple[int | None, bool]:
-    """Lock `root` for a store's lifetime; True when no other store holds it (its leftovers are ours).
-
-    The lock starts exclusive, for the start-up scan; `_share` then makes it shared. Without `flock`
-    (Windows, some network file systems) a store assumes it has the root to itself.
-    """
-    if sys.platform == "win32":
-        return None, True
-    fd = os.open(root, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fcntl.flock(fd, fcntl.LOCK_SH)
-        return fd, False
-    except OSError:
-        os.close(fd)
-        return None, True
-    return fd, True
-
-
-def _share(fd: int | None) -> None:
-    """Let other stores open the root (they then leave this one's partial files alone)."""
-    if fd is not None and sys.platform != "win32":
-        fcntl.flock(fd, fcntl.LOCK_SH)
-
-
-def _private_dir(path: Path) -> Path:
-    path.mkdir(mode=0o700, exist_ok=True)
-    os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask; an existing dir may be wider
-    return path
-
-
-def _listing(path: Path) -> list[os.DirEntry[str]]:
-    with os.scandir(path) as entries:
-        return list(entries)
-
-
-def _sync(out: IO[Any]) -> None:
-    """Flush a file being written to disk, so a crash after it is published finds it whole."""
-    out.flush()
-    os.fsync(out.fileno())
-
-
-def _unlink(path: Path) -> None:
-    """Remove a file, best effort: a leftover that cannot go now is tried again at the next start."""
-    with contextlib.suppress(OSError):
-        path.unlink(missing_ok=True)
-
-
-def _size_of(path: Path) -> int | None:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return None
-
-
-def _age_s(path: Path) -> float:
-    """Seconds since `path` was last written; 0 if it is gone (an upload finishing meanwhile).
-
-    From the file system's clock, not the store's `clock`: partial files are crash leftovers."""
-    try:
-        return time.time() - path.stat().st_mtime
-    except FileNotFoundError:
-        return 0.0
-
-
 def _size(size_bytes: int) -> str:
     return f"{size_bytes} bytes" if size_bytes < _MIB else f"{size_bytes / _MIB:.1f} MB"
-
-
-def _hash_api_key(api_key: str | None) -> str | None:
-    """Unkeyed on purpose: stored objects stay bound to their key across restarts with a new secret."""
-    if api_key is None:
-        return None
-    return hashlib.sha256(b"qasr-upload-api-key\0" + api_key.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-def _decode_policy(policy: str) -> _Policy:
-    try:
-        document = json.loads(base64.b64decode(policy, validate=True))
-        result = _Policy(
-            upload_dir=document["upload_dir"],
-            model=document["model"],
-            api_key_hash=document["api_key_sha256"],
-            expires_at=float(document["expires_at"]),
-            max_bytes=int(document["max_bytes"]),
-        )
-    except (ValueError, TypeError, KeyError) as exc:
-        raise InvalidUploadPolicy("The upload policy is malformed; get a new policy.") from exc
-    if not isinstance(result.upload_dir, str) or not isinstance(result.model, str):
-        raise InvalidUploadPolicy("The upload policy is malformed; get a new policy.")
-    return result
-
-
-def _checked_key(key: str | None, upload_dir: str) -> str:
-    """`key` if it is `<upload_dir>/<name>` with one safe file name, as the SDK builds it (§3.3)."""
-    prefix = upload_dir + "/"
-    if not key or len(key) > _MAX_KEY_CHARS or not key.startswith(prefix):
-        raise InvalidUploadPolicy(
-            f"The upload key must be {prefix}<file name>, inside the policy's upload_dir."
-        )
-    name = key[len(prefix) :]
-    # Check the decoded form too, so a later layer that unquotes can never see `..` or a separator.
-    if not (_is_safe_name(name) and _is_safe_name(unquote(name))):
-        raise InvalidUploadPolicy("The file name in the upload key is empty, too long or not allowed.")
-    return key
-
-
-def _is_safe_name(name: str) -> bool:
-    """One path component: no separators, no `.`/`..`, no control or format characters."""
-    return (
-        0 < len(name.encode("utf-8", "surrogatepass")) <= _MAX_NAME_BYTES
-        and name not in (".", "..")
-        and not any(ch in "/\\" or unicodedata.category(ch).startswith("C") for ch in name)
-    )
 
 
 def _chunks(data: UploadData) -> Iterator[bytes]:
