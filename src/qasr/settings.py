@@ -95,9 +95,8 @@ class Settings(BaseSettings):
     # --- CPU kernels -------------------------------------------------------------------------------
     cpu_linear: Literal["auto", "packed", "default"] = "auto"
     """Kernel for the text decoder's Linear layers on CPU (unquantized; the forced aligner's too):
-    `packed` (oneDNN, weights
-    reordered once at load), `default` (torch's), or `auto`: measure both at load (about a second)
-    and keep the faster (models under 64 MB of decoder weights keep `default`). Measured per fp32
+    `packed` (oneDNN, weights reordered once at load), `default` (torch's), or `auto`: measure both
+    at load (about a second) and keep the faster (models under 64 MB of decoder weights keep `default`). Measured per fp32
     1024 -> 3072 product at 1-16 rows on a 2-core EPYC: packed 2.4-3.5x faster, 1.5-2.8x with the
     math libraries held to AVX2 (bench/RESULTS.md, "CPU kernels", issue 18)."""
 

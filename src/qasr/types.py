@@ -85,8 +85,10 @@ class EngineRequest:
     """A tighter cap on the tokens generated for this request than the engine's length-based budget
     (live partial steps decode only a few tokens past their prefix); None: the engine's budget."""
     encoder_cache: object | None = None
-    """A live utterance's engine-specific cache of encoder outputs (`Qwen3ASREngine.new_window_cache`):
-    the engine encodes only the audio after what it holds, and adds completed windows to it."""
+    """A live utterance's engine-specific cache (`Qwen3ASREngine.new_window_cache`): the encoder outputs
+    of its completed windows and the decoder's keys/values of the prompt up to them. The engine
+    encodes and prefills only what follows, and adds what became stable to it. Its partial steps and
+    its final pass the same one; it is freed with the utterance."""
     draft: str = ""
     """The likely output (the assistant's text after the prompt, header included when the language is
     not forced), e.g. a live utterance's last partial result for its final: the engine checks all of

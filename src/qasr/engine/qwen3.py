@@ -251,7 +251,8 @@ class Qwen3ASREngine:
         (`qasr.engine.live_steps`)."""
         if self._plain_greedy:
             return run_steps(self, clips, jobs)
-        # (Only requests with a window cache come here: drafts need plain greedy decoding.)
+        # (Only requests with a window cache come here; a draft they carry is not checked: that
+        # needs plain greedy decoding.)
         # Logits processing that plain greedy steps would skip: the whole prompt through `generate`,
         # as `inputs_embeds` with cached and new audio embeddings in place.
         caches = [job.request.encoder_cache for job in jobs]
